@@ -1,0 +1,76 @@
+"""Model files: one self-describing .safetensors (weights + "ddpm" JSON metadata), written atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from ddpm.io.model_file import FORMAT, file_hash, load_model_file, read_model_meta, save_model_file
+
+
+def _meta() -> dict:
+    return {
+        "unet": {"model_channels": 8},
+        "diffusion": {"schedule": {"name": "linear", "num_timesteps": 10}, "prediction": "eps"},
+        "training": {"step": 3, "run": "x"},
+    }
+
+
+def test_round_trip_tensors_and_meta(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    tensors = {"unet.a": torch.randn(3, 4, generator=g), "unet.b": torch.arange(5)}
+    tensors["text_encoder.c"] = torch.ones(2, dtype=torch.bfloat16)
+    path = save_model_file(tmp_path / "m.safetensors", tensors, _meta())
+    loaded, meta = load_model_file(path)
+    assert set(loaded) == set(tensors)
+    for k in tensors:
+        assert torch.equal(loaded[k], tensors[k]) and loaded[k].dtype == tensors[k].dtype
+    assert meta["format"] == FORMAT and meta["version"] == 1
+    assert meta["unet"] == {"model_channels": 8} and meta["training"]["step"] == 3
+    assert read_model_meta(path) == meta
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary file left behind"
+
+
+def test_shared_storage_and_views_are_saved(tmp_path):
+    base = torch.arange(12.0)
+    tensors = {"a": base[:6], "b": base[6:].view(2, 3), "c": base}
+    loaded, _ = load_model_file(save_model_file(tmp_path / "m.safetensors", tensors, _meta()))
+    assert torch.equal(loaded["b"], torch.arange(6.0, 12.0).view(2, 3)) and torch.equal(loaded["c"], base)
+
+
+def test_file_hash_is_sha256_prefix(tmp_path):
+    path = save_model_file(tmp_path / "m.safetensors", {"w": torch.ones(3)}, _meta())
+    full = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert file_hash(path) == full[:10]
+    assert file_hash(path, full=True) == full
+    # A rewritten file gets a new hash (the cache is keyed on size and mtime).
+    save_model_file(path, {"w": torch.zeros(30)}, _meta())
+    assert file_hash(path, full=True) == hashlib.sha256(path.read_bytes()).hexdigest() != full
+
+
+def test_bad_inputs_say_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_model_file(tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match=r"\.safetensors"):
+        save_model_file(tmp_path / "m.pt", {"w": torch.ones(1)}, _meta())
+    with pytest.raises(ValueError, match="plain JSON"):
+        save_model_file(tmp_path / "m.safetensors", {"w": torch.ones(1)}, {"x": float("nan")})
+    with pytest.raises(ValueError, match="not a torch.Tensor"):
+        save_model_file(tmp_path / "m.safetensors", {"w": [1.0]}, _meta())
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.ones(1)}, str(foreign))
+    with pytest.raises(ValueError, match="ddpm export"):
+        load_model_file(foreign)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(ValueError, match="not a readable"):
+        load_model_file(junk)
+    future = tmp_path / "future.safetensors"
+    newer = json.dumps({"format": FORMAT, "version": 99})
+    save_file({"w": torch.ones(1)}, str(future), metadata={"ddpm": newer})
+    with pytest.raises(ValueError, match="Upgrade ddpm"):
+        load_model_file(future)

@@ -1,0 +1,181 @@
+"""What the metrics of one evaluation share: the model, its samples, the real data and the judge,
+each computed once on first use."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .judge import Judge, JudgeRecipe, judge_for_tensors
+
+__all__ = ["EvalOptions", "EvalContext", "balanced_labels"]
+
+
+@dataclass
+class EvalOptions:
+    """Knobs of `evaluate`; None means the model file's own default (sampler, steps, guidance)."""
+
+    num: int = 1000
+    seed: int = 0
+    sampler: str | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    batch_size: int = 100
+    bpd_num: int = 100
+    fd_repeats: int = 5
+    fd_split: str = "train"
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("num", "batch_size", "bpd_num", "fd_repeats"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.fd_split not in ("train", "test", "all"):
+            raise ValueError(f"fd_split must be 'train', 'test' or 'all', got {self.fd_split!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def balanced_labels(num: int, num_classes: int) -> Tensor:
+    """Class labels `[num]` in sorted blocks of (almost) equal size: num=100, K=10 gives ten 0s, ten 1s, …"""
+    return torch.arange(num) * num_classes // num
+
+
+class EvalContext:
+    """Lazily computed inputs of the metrics for one model (a `DiffusionPipeline`)."""
+
+    def __init__(
+        self,
+        pipe: Any,
+        options: EvalOptions | None = None,
+        *,
+        samples: Tensor | None = None,
+        sample_labels: Tensor | None = None,
+        judge: Judge | None = None,
+        feature_extractor: Callable[[Tensor], Tensor] | None = None,
+        judge_cache: Path | str | None = None,
+        judge_recipe: JudgeRecipe | None = None,
+    ) -> None:
+        self.pipe = pipe
+        self.meta: dict[str, Any] = pipe.meta
+        self.options = options or EvalOptions()
+        if samples is not None and samples.ndim != 4:
+            raise ValueError(f"samples must be images [N, C, H, W], got shape {list(samples.shape)}")
+        self._samples = samples
+        self._sample_labels = sample_labels
+        self._judge = judge
+        self._extractor = feature_extractor
+        self._judge_cache = judge_cache
+        self._judge_recipe = judge_recipe or JudgeRecipe()
+        self._real: dict[str, tuple[Tensor, Tensor | None]] = {}
+        self._class_names: list[str] | None = None
+        self._features: dict[str, Tensor] = {}
+
+    # -- the model --------------------------------------------------------------------------------
+
+    @property
+    def conditioning(self) -> str:
+        """ "none", "class" or "text" (from the model file's metadata)."""
+        return (self.meta.get("conditioning") or {}).get("type") or "none"
+
+    @property
+    def num_classes(self) -> int | None:
+        return (self.meta.get("conditioning") or {}).get("num_classes")
+
+    @property
+    def dataset_name(self) -> str:
+        return (self.meta.get("data") or {}).get("dataset") or ""
+
+    # -- samples ----------------------------------------------------------------------------------
+
+    def samples(self) -> tuple[Tensor, Tensor | None]:
+        """Generated images `[N, C, H, W]` in [-1, 1] and their class labels `[N]` (None if unconditional)."""
+        if self._samples is None:
+            o = self.options
+            labels = None
+            if self.conditioning == "class":
+                labels = balanced_labels(o.num, int(self.num_classes))
+            elif self.conditioning != "none":
+                raise ValueError(
+                    f"sample metrics for {self.conditioning}-conditional models need prompts; "
+                    "use a metric made for them (e.g. --metric alignment) or a class/unconditional model"
+                )
+            images, _ = self.pipe.generate(
+                o.num,
+                seed=o.seed,
+                class_labels=labels,
+                guidance_scale=o.guidance_scale,
+                sampler=o.sampler,
+                steps=o.steps,
+                batch_size=o.batch_size,
+                progress=o.progress,
+            )
+            self._samples, self._sample_labels = images.detach().float().cpu(), labels
+        return self._samples, self._sample_labels
+
+    # -- real data and the judge -----------------------------------------------------------------
+
+    def real(self, split: str) -> tuple[Tensor, Tensor | None]:
+        """The model's dataset at its size and channels: images `[N, C, H, W]`, labels `[N]` or None."""
+        if split not in self._real:
+            from ..data import load_dataset
+
+            data = self.meta.get("data") or {}
+            if not self.dataset_name:
+                raise ValueError(
+                    "the model file does not name its dataset (meta 'data.dataset'); cannot compare"
+                )
+            ds = load_dataset(
+                self.dataset_name,
+                split=split,
+                image_size=data.get("image_size"),
+                channels=data.get("channels"),
+            )
+            images, labels = ds.as_tensor()
+            self._real[split] = (images.float(), labels)
+            self._class_names = ds.class_names
+        return self._real[split]
+
+    def judge(self) -> Judge:
+        """The classifier trained on the model's dataset (cached on disk, trained on first use)."""
+        if self._judge is None:
+            train_x, train_y = self.real("train")
+            test_x, test_y = self.real("test")
+            if train_y is None:
+                raise ValueError(
+                    f"dataset {self.dataset_name!r} has no class labels, so no judge can be trained on it; "
+                    "pass a feature_extractor for the Fréchet distance"
+                )
+            names = self._class_names
+            self._judge = judge_for_tensors(
+                Path(self.dataset_name).name or "data",
+                train_x,
+                train_y,
+                test_x,
+                test_y,
+                num_classes=len(names) if names else int(train_y.max()) + 1,
+                class_names=names,
+                recipe=self._judge_recipe,
+                cache=self._judge_cache,
+                progress=self.options.progress,
+            )
+        return self._judge
+
+    def features(self, key: str, images: Tensor) -> Tensor:
+        """Features `[N, D]` of `images` under the extractor in use, memoised under `key`."""
+        if key not in self._features:
+            fn = self._extractor or self.judge().features
+            self._features[key] = torch.as_tensor(fn(images)).detach().to("cpu", torch.float64)
+        return self._features[key]
+
+    @property
+    def feature_name(self) -> str:
+        if self._extractor is not None:
+            return getattr(self._extractor, "__name__", "custom features")
+        return "judge penultimate layer"

@@ -1,0 +1,197 @@
+"""The metric registry and the built-in metrics: Fréchet distance beside its floor, class accuracy of
+conditional samples judged by the project's classifier, and bits/dim on the held-out split.
+
+A metric is one `Metric` entry: a name, a function of the shared `EvalContext`, and a test that says why
+it does not apply to a model (or None). Adding a metric is one `register_metric(Metric(...))` call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .context import EvalContext
+from .frechet import frechet_distance
+from .reference import reference_draws
+
+__all__ = ["Metric", "MetricResult", "METRICS", "register_metric"]
+
+
+@dataclass
+class MetricResult:
+    """One metric's headline `value`, a one-line `note` putting it in context, and the numbers behind it."""
+
+    name: str
+    value: float
+    note: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "note": self.note, **self.details}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A named metric: `compute(ctx)` and `unavailable(ctx)` -> None, or the reason it does not apply."""
+
+    name: str
+    compute: Callable[[EvalContext], MetricResult]
+    description: str
+    unavailable: Callable[[EvalContext], str | None] = lambda ctx: None
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(metric: Metric) -> None:
+    """Add `metric` to the registry under `metric.name` (a new name, letters, digits and '_')."""
+    if not metric.name.replace("_", "").isalnum():
+        raise ValueError(f"metric names use letters, digits and '_', got {metric.name!r}")
+    if metric.name in METRICS:
+        raise ValueError(f"a metric named {metric.name!r} is already registered")
+    METRICS[metric.name] = metric
+
+
+# ----------------------------------------------------------------------------------------------
+# Fréchet distance
+# ----------------------------------------------------------------------------------------------
+
+
+def _fd(ctx: EvalContext) -> MetricResult:
+    samples, labels = ctx.samples()
+    split = ctx.options.fd_split
+    real_x, real_y = ctx.real(split)
+    if labels is not None and real_y is None:
+        labels = None  # an unlabelled reference cannot be stratified
+    draws = reference_draws(
+        len(samples),
+        real_y,
+        sample_labels=labels,
+        num_real=len(real_x),
+        repeats=ctx.options.fd_repeats,
+        seed=ctx.options.seed,
+    )
+    f_samples = ctx.features("samples", samples)
+    f_real = ctx.features(f"real:{split}", real_x)
+    fds, floors = [], []
+    for d in draws:
+        fds.append(frechet_distance(f_samples[d.sample_idx], f_real[d.a]))
+        floors.append(frechet_distance(f_real[d.b], f_real[d.a]))
+    fd, floor = sum(fds) / len(fds), sum(floors) / len(floors)
+    n = len(draws[0].sample_idx)
+    ratio = fd / floor if floor > 0 else math.inf
+    strat = "class-matched " if labels is not None else ""
+    note = (
+        f"floor {floor:.4g} (two disjoint {strat}real sets of {n}, {split} split), ratio {ratio:.2f}; "
+        f"mean of {len(draws)} draws"
+    )
+    details = {
+        "floor": floor,
+        "ratio": ratio,
+        "num": n,
+        "repeats": len(draws),
+        "split": split,
+        "stratified": bool(strat),
+        "features": ctx.feature_name,
+        "per_draw": fds,
+        "floor_per_draw": floors,
+    }
+    return MetricResult("fd", fd, note, details)
+
+
+def _fd_unavailable(ctx: EvalContext) -> str | None:
+    if ctx.conditioning not in ("none", "class"):
+        return f"fd compares generated and real images; {ctx.conditioning}-conditional sampling needs prompts"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Class accuracy
+# ----------------------------------------------------------------------------------------------
+
+
+def _accuracy(ctx: EvalContext) -> MetricResult:
+    samples, labels = ctx.samples()
+    judge = ctx.judge()
+    pred = judge.predict(samples)
+    hit = (pred == labels).float()
+    k = int(labels.max()) + 1
+    per_class = [float(hit[labels == c].mean()) if (labels == c).any() else None for c in range(k)]
+    note = f"judge's accuracy on {judge.info['num_test']} real test images: {judge.test_accuracy:.3f}"
+    details = {
+        "num": len(samples),
+        "judge_test_accuracy": judge.test_accuracy,
+        "per_class": per_class,
+        "judge": judge.info["key"],
+    }
+    return MetricResult("accuracy", float(hit.mean()), note, details)
+
+
+def _accuracy_unavailable(ctx: EvalContext) -> str | None:
+    if ctx.conditioning != "class":
+        return "accuracy scores class-conditional samples; this model is " + (
+            "unconditional" if ctx.conditioning == "none" else f"{ctx.conditioning}-conditional"
+        )
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Bits per dimension
+# ----------------------------------------------------------------------------------------------
+
+
+def _bpd(ctx: EvalContext) -> MetricResult:
+    from ..objectives import bits_per_dim
+
+    x, y = ctx.real("test")
+    n = min(ctx.options.bpd_num, len(x))
+    # A seeded subset, so a small bpd_num still spans the classes of a class-sorted split.
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(ctx.options.seed))[:n].sort().values
+    x = x[idx]
+    y = y[idx] if y is not None else None
+    diffusion = ctx.meta.get("diffusion") or {}
+    pipe = ctx.pipe
+    gen = torch.Generator().manual_seed(ctx.options.seed)
+    conditional = ctx.conditioning == "class" and y is not None
+    values = []
+    bs = ctx.options.batch_size
+    with torch.no_grad():
+        for i in range(0, n, bs):
+            xb = x[i : i + bs].to(pipe.device)
+            cond = {"class_labels": y[i : i + bs].to(pipe.device)} if conditional else None
+            bpd = bits_per_dim(
+                pipe.unet,
+                xb,
+                schedule=pipe.schedule,
+                prediction=diffusion.get("prediction", "eps"),
+                learned_variance=bool(diffusion.get("learned_variance", False)),
+                cond=cond,
+                generator=gen,
+            )
+            values.append(bpd.detach().double().cpu())
+    v = torch.cat(values)
+    mean = float(v.mean())
+    sem = float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+    what = "given the true class" if conditional else "unconditional"
+    note = f"± {sem:.3f} (s.e.), {n} held-out test images, {what}"
+    details = {"num": n, "stderr": sem, "split": "test", "conditional": conditional}
+    return MetricResult("bpd", mean, note, details)
+
+
+def _bpd_unavailable(ctx: EvalContext) -> str | None:
+    if ctx.conditioning not in ("none", "class"):
+        return f"bpd of {ctx.conditioning}-conditional models needs the held-out captions"
+    return None
+
+
+register_metric(
+    Metric("accuracy", _accuracy, "class accuracy of conditional samples (judge)", _accuracy_unavailable)
+)
+register_metric(
+    Metric("fd", _fd, "Fréchet distance in judge features, beside its real-data floor", _fd_unavailable)
+)
+register_metric(Metric("bpd", _bpd, "bits/dim (variational bound) on held-out real images", _bpd_unavailable))

@@ -1,0 +1,395 @@
+"""One configurable UNet: the DDPM / Improved-DDPM / ADM pixel models and the Stable Diffusion 1.x latent
+UNet.
+
+| symbol | code                    | meaning                                                             |
+| ------ | ----------------------- | ------------------------------------------------------------------- |
+| x_t    | `x`                     | noisy input `[B, C_in, H, W]`                                        |
+| t      | `t`                     | timesteps `[B]` (int or float; a scalar broadcasts)                  |
+| y      | `class_labels`          | class ids `[B]` in 0 … K; K is the "null" class for guidance         |
+| c      | `context`               | cross-attention tokens `[B, S, context_dim]` (e.g. text states)      |
+| ds     | `attention_resolutions` | downsampling factors where attention sits: 1 = input size, 2 = half  |
+| E      | `4 * model_channels`    | width of the timestep (+ class) embedding                            |
+
+The layout is the one of DDPM (Ho et al. 2020, App. B) as generalised by ADM (Dhariwal & Nichol 2021) and
+LDM (Rombach et al. 2022): `input_blocks` (a stem conv, then per level `num_res_blocks` ResBlocks, each
+optionally followed by attention, and a downsampler between levels), a `middle_block` (ResBlock,
+attention, ResBlock) and `output_blocks` mirroring the input side with skip connections concatenated on
+the channel axis. Module names equal the Stable Diffusion single-file checkpoint keys under
+`model.diffusion_model.`, so loading one is a prefix strip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from ..nn import (
+    AttentionBlock,
+    Downsample,
+    GroupNorm32,
+    ResBlock,
+    SpatialTransformer,
+    TimestepSequential,
+    Upsample,
+    heads_for,
+    timestep_embedding,
+    zero_module,
+)
+
+__all__ = ["UNetConfig", "UNet"]
+
+
+@dataclass
+class UNetConfig:
+    """Hyper-parameters of `UNet`; JSON-able through `to_dict` / `from_dict`.
+
+    `attention_resolutions` holds downsampling factors (as in LDM/SD configs), not pixel sizes: for a 32x32
+    input, `(2,)` puts attention at 16x16. `out_channels` is the predicted quantity's channel count; with
+    `learned_variance` the network outputs twice as many (the second half parameterises the variance,
+    Improved DDPM Eq. 15). With `num_classes=K` the class table has K+1 rows, the last being the "null"
+    class used for classifier-free guidance. `context_dim` switches attention layers to LDM spatial
+    transformers with cross-attention.
+    """
+
+    in_channels: int = 3
+    out_channels: int = 3
+    model_channels: int = 128
+    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (2,)
+    dropout: float = 0.0
+    num_heads: int = 1
+    num_head_channels: int | None = None
+    use_scale_shift_norm: bool = False
+    resblock_updown: bool = False
+    learned_variance: bool = False
+    num_classes: int | None = None
+    context_dim: int | None = None
+    transformer_depth: int = 1
+    use_linear_projection: bool = False
+    conv_resample: bool = True
+    norm_groups: int = 32
+    norm_eps: float = 1e-5
+    flip_sin_to_cos: bool = True
+    freq_shift: float = 0.0
+    gradient_checkpointing: bool = False
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        self.channel_mult = tuple(int(m) for m in self.channel_mult)
+        self.attention_resolutions = tuple(int(r) for r in self.attention_resolutions)
+        for name in ("in_channels", "out_channels", "model_channels", "num_res_blocks", "transformer_depth",
+                     "norm_groups", "num_heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"UNetConfig.{name} must be a positive integer; got {value!r}")
+        if not self.channel_mult or any(m < 1 for m in self.channel_mult):
+            raise ValueError(f"UNetConfig.channel_mult must be a non-empty list of positive ints; got "
+                             f"{self.channel_mult}")
+        factors = [2**i for i in range(len(self.channel_mult))]
+        bad = [r for r in self.attention_resolutions if r not in factors]
+        if bad:
+            raise ValueError(
+                f"UNetConfig.attention_resolutions holds downsampling factors, one of {factors} for "
+                f"{len(self.channel_mult)} levels; got {bad} (for attention at 16x16 of a 32x32 input, "
+                "write 2)"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"UNetConfig.dropout must lie in [0, 1); got {self.dropout}")
+        if self.norm_eps <= 0:
+            raise ValueError(f"UNetConfig.norm_eps must be positive; got {self.norm_eps}")
+        for name in ("num_classes", "context_dim", "num_head_channels"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"UNetConfig.{name} must be None or a positive integer; got {value!r}")
+        widths = sorted({self.model_channels * m for m in self.channel_mult})
+        for w in widths:
+            if w % self.norm_groups:
+                raise ValueError(
+                    f"UNetConfig.norm_groups={self.norm_groups} must divide every level's width "
+                    f"(model_channels * channel_mult = {widths}); {w} is not a multiple"
+                )
+        # Attention widths: the attended levels and the middle block.
+        attended = {self.model_channels * self.channel_mult[factors.index(r)]
+                    for r in self.attention_resolutions}
+        for w in sorted(attended | {self.model_channels * self.channel_mult[-1]}):
+            heads_for(w, num_heads=self.num_heads, num_head_channels=self.num_head_channels)
+
+    # ----------------------------------------------------------------------------------------- derived
+    @property
+    def output_channels(self) -> int:
+        """Channels of the network output: `out_channels`, doubled with `learned_variance`."""
+        return self.out_channels * (2 if self.learned_variance else 1)
+
+    @property
+    def downsampling_factor(self) -> int:
+        """2^(levels-1): H and W of the input must be multiples of it."""
+        return 2 ** (len(self.channel_mult) - 1)
+
+    # ------------------------------------------------------------------------------------ (de)serialise
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a JSON-able dict (tuples become lists)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if not f.init:
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> UNetConfig:
+        """Build from a dict such as `to_dict()` wrote; unknown keys are rejected by name."""
+        valid = [f.name for f in dataclasses.fields(cls) if f.init]
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown UNetConfig key(s) {unknown}; valid keys are {valid}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> UNetConfig:
+        """A copy with some fields changed (validated like a new config)."""
+        return UNetConfig.from_dict({**self.to_dict(), **changes})
+
+    # ----------------------------------------------------------------------------------------- presets
+    @classmethod
+    def ddpm_cifar10(cls, **overrides: Any) -> UNetConfig:
+        """DDPM's CIFAR-10 model (Ho et al. 2020, App. B): 35.7M parameters, attention at 16x16."""
+        base = dict(
+            in_channels=3, out_channels=3, model_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
+            attention_resolutions=(2,), dropout=0.1, num_heads=1, norm_eps=1e-6,
+            flip_sin_to_cos=False, freq_shift=1.0,  # the TF release writes [sin, cos] over half-1 steps
+        )
+        return cls.from_dict({**base, **overrides})
+
+    @classmethod
+    def iddpm_cifar10(cls, **overrides: Any) -> UNetConfig:
+        """Improved DDPM's CIFAR-10 model (Nichol & Dhariwal 2021, §4 and released flags): 3 ResBlocks per
+        level, attention at 16x16 and 8x8 with 4 heads, scale-shift norm, learned variance, dropout 0.3."""
+        base = dict(
+            in_channels=3, out_channels=3, model_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=3,
+            attention_resolutions=(2, 4), dropout=0.3, num_heads=4, use_scale_shift_norm=True,
+            learned_variance=True, flip_sin_to_cos=True, freq_shift=0.0,
+        )
+        return cls.from_dict({**base, **overrides})
+
+    @classmethod
+    def sd15(cls, in_channels: int = 4, **overrides: Any) -> UNetConfig:
+        """The Stable Diffusion 1.x latent UNet (Rombach et al. 2022): 859.52M parameters for 4 channels."""
+        base = dict(
+            in_channels=in_channels, out_channels=4, model_channels=320, channel_mult=(1, 2, 4, 4),
+            num_res_blocks=2, attention_resolutions=(4, 2, 1), num_heads=8, context_dim=768,
+            transformer_depth=1, use_linear_projection=False, norm_eps=1e-5,
+            flip_sin_to_cos=True, freq_shift=0.0,
+        )
+        return cls.from_dict({**base, **overrides})
+
+    @classmethod
+    def sd15_inpainting(cls, **overrides: Any) -> UNetConfig:
+        """SD 1.5 inpainting: 9 input channels (latent 4 + mask 1 + masked-image latent 4)."""
+        return cls.sd15(in_channels=9, **overrides)
+
+    @classmethod
+    def sd21(cls, **overrides: Any) -> UNetConfig:
+        """The Stable Diffusion 2.x latent UNet: 64-channel heads, linear projections, context width 1024."""
+        base = cls.sd15().to_dict()
+        base.update(num_heads=1, num_head_channels=64, context_dim=1024, use_linear_projection=True)
+        return cls.from_dict({**base, **overrides})
+
+    @classmethod
+    def small(
+        cls,
+        *,
+        in_channels: int = 1,
+        out_channels: int | None = None,
+        model_channels: int = 32,
+        channel_mult: tuple[int, ...] = (1, 2, 2),
+        num_res_blocks: int = 1,
+        num_classes: int | None = None,
+        context_dim: int | None = None,
+        **overrides: Any,
+    ) -> UNetConfig:
+        """A small model for 16x16 / 32x32 CPU training: attention only at the lowest resolution (and in
+        the middle block), 4 heads of 16 channels, scale-shift norm; about 1.3M parameters by default."""
+        base = dict(
+            in_channels=in_channels, out_channels=out_channels or in_channels, model_channels=model_channels,
+            channel_mult=tuple(channel_mult), num_res_blocks=num_res_blocks,
+            attention_resolutions=(2 ** (len(channel_mult) - 1),), num_heads=1, num_head_channels=16,
+            use_scale_shift_norm=True, num_classes=num_classes, context_dim=context_dim,
+            norm_groups=8, dropout=0.0,
+        )
+        return cls.from_dict({**base, **overrides})
+
+
+class UNet(nn.Module):
+    """`unet(x [B, C_in, H, W], t [B], *, class_labels [B] | None, context [B, S, D] | None)
+    -> [B, C_out, H, W]`; the DDPM/ADM/LDM UNet (see module docstring)."""
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        if isinstance(config, dict):
+            config = UNetConfig.from_dict(config)
+        self.config = cfg = config
+        self.gradient_checkpointing = cfg.gradient_checkpointing
+        self.channels_last = cfg.channels_last
+        mc = cfg.model_channels
+        emb_dim = 4 * mc
+
+        def res(ch_in: int, ch_out: int, **kw: Any) -> ResBlock:
+            return ResBlock(
+                ch_in, emb_dim, out_channels=ch_out, dropout=cfg.dropout,
+                use_scale_shift_norm=cfg.use_scale_shift_norm, norm_groups=cfg.norm_groups,
+                norm_eps=cfg.norm_eps, **kw,
+            )
+
+        def attention(ch: int) -> nn.Module:
+            heads, dim_head = heads_for(ch, num_heads=cfg.num_heads, num_head_channels=cfg.num_head_channels)
+            if cfg.context_dim is None:
+                return AttentionBlock(ch, heads=heads, norm_groups=cfg.norm_groups, norm_eps=cfg.norm_eps)
+            return SpatialTransformer(
+                ch, heads=heads, dim_head=dim_head, depth=cfg.transformer_depth, context_dim=cfg.context_dim,
+                norm_groups=cfg.norm_groups, use_linear_projection=cfg.use_linear_projection,
+            )
+
+        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.label_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes is not None else None
+
+        self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(cfg.in_channels, mc, 3, padding=1))])
+        skip_channels = [mc]
+        ch, ds = mc, 1
+        last = len(cfg.channel_mult) - 1
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                layers: list[nn.Module] = [res(ch, mult * mc)]
+                ch = mult * mc
+                if ds in cfg.attention_resolutions:
+                    layers.append(attention(ch))
+                self.input_blocks.append(TimestepSequential(*layers))
+                skip_channels.append(ch)
+            if level != last:
+                if cfg.resblock_updown:
+                    down: nn.Module = res(ch, ch, down=True)
+                else:
+                    down = Downsample(ch, use_conv=cfg.conv_resample)
+                self.input_blocks.append(TimestepSequential(down))
+                skip_channels.append(ch)
+                ds *= 2
+
+        self.middle_block = TimestepSequential(res(ch, ch), attention(ch), res(ch, ch))
+
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks + 1):
+                layers = [res(ch + skip_channels.pop(), mult * mc)]
+                ch = mult * mc
+                if ds in cfg.attention_resolutions:
+                    layers.append(attention(ch))
+                if level and i == cfg.num_res_blocks:
+                    layers.append(res(ch, ch, up=True) if cfg.resblock_updown
+                                  else Upsample(ch, use_conv=cfg.conv_resample))
+                    ds //= 2
+                self.output_blocks.append(TimestepSequential(*layers))
+
+        self.out = nn.Sequential(
+            GroupNorm32(cfg.norm_groups, ch, eps=cfg.norm_eps),
+            nn.SiLU(),
+            zero_module(nn.Conv2d(mc, cfg.output_channels, 3, padding=1)),
+        )
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    @property
+    def null_class(self) -> int | None:
+        """The class id meaning "no class" (classifier-free guidance), or None without a class embedding."""
+        return self.config.num_classes
+
+    def _check_inputs(
+        self, x: Tensor, t: Tensor | float | int, class_labels: Tensor | None, context: Tensor | None
+    ) -> Tensor:
+        cfg = self.config
+        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
+            raise ValueError(f"UNet expects x of shape [B, {cfg.in_channels}, H, W]; got {tuple(x.shape)}")
+        f = cfg.downsampling_factor
+        if x.shape[2] % f or x.shape[3] % f:
+            raise ValueError(
+                f"UNet with {len(cfg.channel_mult)} levels needs H and W divisible by {f}; got "
+                f"{x.shape[2]}x{x.shape[3]} (pad or resize the input)"
+            )
+        b = x.shape[0]
+        t = torch.as_tensor(t, device=x.device)
+        if t.ndim == 0 or t.numel() == 1:
+            t = t.reshape(1).expand(b)
+        elif t.shape != (b,):
+            raise ValueError(f"timesteps must be a scalar or of shape [B]=[{b}]; got {tuple(t.shape)}")
+        if cfg.num_classes is None:
+            if class_labels is not None:
+                raise ValueError("class_labels given to a UNet without a class embedding (set num_classes)")
+        else:
+            if class_labels is None:
+                raise ValueError(
+                    f"this UNet is class-conditional: pass class_labels [B] with ids in 0..{cfg.num_classes} "
+                    f"({cfg.num_classes} is the null class for unconditional/guidance use)"
+                )
+            if class_labels.shape != (b,) or class_labels.dtype.is_floating_point:
+                raise ValueError(
+                    f"class_labels must be an integer tensor of shape [{b}]; got {class_labels.dtype} "
+                    f"{tuple(class_labels.shape)}"
+                )
+            if class_labels.device.type == "cpu" and class_labels.numel() and (
+                int(class_labels.min()) < 0 or int(class_labels.max()) > cfg.num_classes
+            ):
+                raise ValueError(
+                    f"class_labels must lie in 0..{cfg.num_classes} ({cfg.num_classes} = null class); got "
+                    f"{int(class_labels.min())}..{int(class_labels.max())}"
+                )
+        if cfg.context_dim is None:
+            if context is not None:
+                raise ValueError("context given to a UNet without cross-attention (set context_dim)")
+        else:
+            if context is None:
+                raise ValueError(
+                    f"this UNet uses cross-attention: pass context [B, S, {cfg.context_dim}] (e.g. text "
+                    "encoder states; the empty prompt's states for unconditional use)"
+                )
+            if context.ndim != 3 or context.shape[0] != b or context.shape[2] != cfg.context_dim:
+                raise ValueError(
+                    f"context must have shape [B={b}, S, {cfg.context_dim}]; got {tuple(context.shape)}"
+                )
+        return t
+
+    def _run(self, block: nn.Module, h: Tensor, emb: Tensor, context: Tensor | None) -> Tensor:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, h, emb, context, use_reentrant=False)
+        return block(h, emb, context)
+
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor | float | int,
+        *,
+        class_labels: Tensor | None = None,
+        context: Tensor | None = None,
+    ) -> Tensor:
+        """Predict from `x [B, C_in, H, W]` at timesteps `t [B]` -> `[B, C_out, H, W]` (C_out doubles with
+        learned variance)."""
+        cfg = self.config
+        t = self._check_inputs(x, t, class_labels, context)
+        t_emb = timestep_embedding(
+            t, cfg.model_channels, flip_sin_to_cos=cfg.flip_sin_to_cos, freq_shift=cfg.freq_shift
+        )
+        emb = self.time_embed(t_emb.to(self.time_embed[0].weight.dtype))
+        if self.label_emb is not None:
+            emb = emb + self.label_emb(class_labels)
+        h = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        skips = []
+        for block in self.input_blocks:
+            h = self._run(block, h, emb, context)
+            skips.append(h)
+        h = self._run(self.middle_block, h, emb, context)
+        for block in self.output_blocks:
+            h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb, context)
+        return self.out(h).contiguous()

@@ -1,0 +1,252 @@
+"""The UNet: published parameter counts, SD single-file key layout, config round trips, input checks,
+conditioning, and the equal-output guarantees of gradient checkpointing and channels_last."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from ddpm.models import UNet, UNetConfig
+
+KEYS_JSON = Path(__file__).parent / "data" / "sd15_single_file_keys.json"
+PREFIX = "model.diffusion_model."
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every parameter random values (the zero-initialised output layers would hide bugs)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
+            elif name.endswith("weight"):  # norm scales
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def tiny(**overrides) -> UNetConfig:
+    base = dict(in_channels=2, out_channels=2, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                attention_resolutions=(2,), num_heads=2, norm_groups=8)
+    return UNetConfig.from_dict({**base, **overrides})
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------ published sizes
+def test_ddpm_cifar10_parameter_count():
+    # 35,746,307: the parameter count of the DDPM CIFAR-10 model in the original TF release (Ho et al. 2020).
+    assert n_params(UNet(UNetConfig.ddpm_cifar10())) == 35_746_307
+
+
+def test_sd15_keys_shapes_and_count_match_single_file_layout():
+    ref_all = json.loads(KEYS_JSON.read_text())
+    ref = {k[len(PREFIX):]: tuple(v) for k, v in ref_all["keys"].items() if k.startswith(PREFIX)}
+    with torch.device("meta"):
+        unet = UNet(UNetConfig.sd15())
+    ours = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
+    assert set(ours) - set(ref) == set()
+    assert set(ref) - set(ours) == set()
+    assert {k: s for k, s in ours.items() if ref[k] != s} == {}
+    assert n_params(unet) == ref_all["params"]["unet"] == 859_520_964
+
+
+def test_sd15_inpainting_differs_only_in_input_conv():
+    with torch.device("meta"):
+        base = UNet(UNetConfig.sd15()).state_dict()
+        inpaint = UNet(UNetConfig.sd15_inpainting()).state_dict()
+    assert set(base) == set(inpaint)
+    differ = {k for k in base if base[k].shape != inpaint[k].shape}
+    assert differ == {"input_blocks.0.0.weight"}
+    assert tuple(inpaint["input_blocks.0.0.weight"].shape) == (320, 9, 3, 3)
+
+
+def test_sd21_parameter_count():
+    # 865,910,724: the Stable Diffusion 2.x UNet (v2-inference.yaml), linear projections and 64-wide heads.
+    with torch.device("meta"):
+        assert n_params(UNet(UNetConfig.sd21())) == 865_910_724
+
+
+# ------------------------------------------------------------------------------------------- config
+def test_config_json_round_trip_and_unknown_keys():
+    cfg = UNetConfig.sd15(num_classes=7, learned_variance=True)
+    d = json.loads(json.dumps(cfg.to_dict()))
+    assert UNetConfig.from_dict(d) == cfg
+    with pytest.raises(ValueError, match="attention_resolution'"):
+        UNetConfig.from_dict({**d, "attention_resolution": [2]})
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(attention_resolutions=(16,)), "downsampling factors"),
+        (dict(norm_groups=32), "norm_groups=32"),
+        (dict(num_heads=3), "num_heads=3"),
+        (dict(num_head_channels=5), "num_head_channels=5"),
+        (dict(channel_mult=()), "channel_mult"),
+        (dict(dropout=1.0), "dropout"),
+        (dict(num_classes=0), "num_classes"),
+        (dict(model_channels=0), "model_channels"),
+    ],
+)
+def test_config_rejects_bad_values(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(**overrides)
+
+
+def test_small_preset_is_small_and_has_no_full_resolution_attention():
+    cfg = UNetConfig.small(num_classes=10)
+    assert cfg.attention_resolutions == (4,)
+    assert 0.5e6 < n_params(UNet(cfg)) < 2e6
+
+
+# ------------------------------------------------------------------------------------------ forward
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        dict(learned_variance=True),
+        dict(use_scale_shift_norm=True, resblock_updown=True, num_head_channels=8),
+        dict(conv_resample=False, num_res_blocks=2, attention_resolutions=(1, 2)),
+        dict(context_dim=12, transformer_depth=2),
+        dict(context_dim=12, use_linear_projection=True, num_classes=3),
+    ],
+)
+def test_forward_shapes(overrides):
+    cfg = tiny(**overrides)
+    unet = randomize(UNet(cfg))
+    x = torch.randn(3, 2, 8, 8)
+    kw = {}
+    if cfg.num_classes:
+        kw["class_labels"] = torch.tensor([0, 2, 3])
+    if cfg.context_dim:
+        kw["context"] = torch.randn(3, 5, 12)
+    out = unet(x, torch.tensor([0, 500, 999]), **kw)
+    assert out.shape == (3, cfg.output_channels, 8, 8)
+    assert out.shape[1] == (4 if cfg.learned_variance else 2)
+    assert torch.isfinite(out).all()
+
+
+def test_scalar_and_float_timesteps_broadcast():
+    unet = randomize(UNet(tiny())).eval()
+    x = torch.randn(2, 2, 8, 8)
+    full = unet(x, torch.tensor([7, 7]))
+    assert torch.equal(unet(x, 7), full)
+    assert torch.equal(unet(x, torch.tensor(7)), full)
+    torch.testing.assert_close(unet(x, torch.tensor([7.0, 7.0])), full)
+    # a fractional timestep is a different input (continuous-time samplers use them)
+    assert not torch.allclose(unet(x, 7.5), full)
+
+
+def test_conditioning_changes_the_output():
+    unet = randomize(UNet(tiny(num_classes=3, context_dim=4))).eval()
+    x, t = torch.randn(2, 2, 8, 8), torch.tensor([3, 3])
+    c = torch.randn(2, 6, 4)
+    a = unet(x, t, class_labels=torch.tensor([0, 0]), context=c)
+    b = unet(x, t, class_labels=torch.tensor([3, 3]), context=c)  # 3 = the null class
+    d = unet(x, t, class_labels=torch.tensor([0, 0]), context=torch.randn(2, 6, 4))
+    assert not torch.allclose(a, b) and not torch.allclose(a, d)
+    assert unet.null_class == 3 and unet.label_emb.num_embeddings == 4
+
+
+def test_input_errors_say_what_to_do():
+    plain = UNet(tiny())
+    cond = UNet(tiny(num_classes=3, context_dim=4))
+    x, t = torch.randn(2, 2, 8, 8), torch.tensor([1, 2])
+    ctx = torch.randn(2, 5, 4)
+    labels = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="divisible by 2"):
+        plain(torch.randn(2, 2, 7, 8), t)
+    with pytest.raises(ValueError, match=r"\[B, 2, H, W\]"):
+        plain(torch.randn(2, 3, 8, 8), t)
+    with pytest.raises(ValueError, match="timesteps"):
+        plain(x, torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="set num_classes"):
+        plain(x, t, class_labels=labels)
+    with pytest.raises(ValueError, match="set context_dim"):
+        plain(x, t, context=ctx)
+    with pytest.raises(ValueError, match="class-conditional"):
+        cond(x, t, context=ctx)
+    with pytest.raises(ValueError, match="cross-attention"):
+        cond(x, t, class_labels=labels)
+    with pytest.raises(ValueError, match=r"0\.\.3"):
+        cond(x, t, class_labels=torch.tensor([0, 4]), context=ctx)
+    with pytest.raises(ValueError, match="integer"):
+        cond(x, t, class_labels=torch.tensor([0.0, 1.0]), context=ctx)
+    with pytest.raises(ValueError, match="context must have shape"):
+        cond(x, t, class_labels=labels, context=torch.randn(2, 5, 3))
+
+
+# ------------------------------------------------------------------------------------------ options
+def _loss_and_grads(unet: UNet, seed: int = 0):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 2, 8, 8, generator=g)
+    ctx = torch.randn(2, 3, 4, generator=g)
+    torch.manual_seed(seed)  # same dropout masks
+    out = unet(x, torch.tensor([10, 900]), class_labels=torch.tensor([1, 3]), context=ctx)
+    loss = (out**2).mean()
+    unet.zero_grad()
+    loss.backward()
+    return out.detach(), {n: p.grad.clone() for n, p in unet.named_parameters()}
+
+
+def test_gradient_checkpointing_gives_equal_outputs_and_gradients():
+    cfg = tiny(num_classes=3, context_dim=4, dropout=0.2, use_scale_shift_norm=True)
+    ref = randomize(UNet(cfg)).train()
+    ckpt = UNet(cfg.replace(gradient_checkpointing=True)).train()
+    ckpt.load_state_dict(ref.state_dict())
+    out_a, grads_a = _loss_and_grads(ref)
+    out_b, grads_b = _loss_and_grads(ckpt)
+    torch.testing.assert_close(out_b, out_a, rtol=0, atol=0)
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_channels_last_gives_equal_outputs_and_gradients():
+    cfg = tiny(num_classes=3, context_dim=4, num_res_blocks=2)
+    ref = randomize(UNet(cfg)).train()
+    cl = UNet(cfg.replace(channels_last=True)).train()
+    cl.load_state_dict(ref.state_dict())
+    assert cl.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    out_a, grads_a = _loss_and_grads(ref)
+    out_b, grads_b = _loss_and_grads(cl)
+    assert out_b.is_contiguous()  # callers get an ordinary NCHW tensor back
+    torch.testing.assert_close(out_b, out_a, rtol=1e-5, atol=1e-5)
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_bf16_autocast_runs_on_cpu():
+    unet = randomize(UNet(tiny(context_dim=4))).eval()
+    x = torch.randn(2, 2, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = unet(x, torch.tensor([1, 2]), context=torch.randn(2, 3, 4))
+    ref = unet(x, torch.tensor([1, 2]), context=torch.randn(2, 3, 4))
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+
+
+def test_training_reduces_the_loss_on_a_fixed_batch():
+    torch.manual_seed(0)
+    unet = UNet(tiny(num_classes=2))
+    opt = torch.optim.AdamW(unet.parameters(), lr=3e-3)
+    x = torch.randn(8, 2, 8, 8)
+    target = torch.randn(8, 2, 8, 8)
+    t = torch.randint(0, 1000, (8,))
+    y = torch.randint(0, 2, (8,))
+    losses = []
+    for _ in range(30):
+        loss = ((unet(x, t, class_labels=y) - target) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]

@@ -213,3 +213,255 @@ def test_tensor_dataset_validates_input():
     assert ds[-1]["caption"] == "c" and "label" not in ds[0]
     with pytest.raises(IndexError):
         ds[3]
+
+
+# -- image modes -------------------------------------------------------------------------------------
+
+
+def _saved(tmp_path, im, name, **save):
+    path = tmp_path / name
+    im.save(path, **save)
+    return path
+
+
+def test_grey_modes_keep_their_full_range(tmp_path):
+    from ddpm.data.decode import read_image
+
+    # 16-bit: 65535 is white and 300 stays 300/65535 (an 8-bit clip would make it 1.0).
+    a16 = np.array([[0, 300, 32768, 65535]], dtype=np.uint16)
+    path = _saved(tmp_path, Image.fromarray(a16), "g16.png")
+    assert Image.open(path).mode == "I;16"
+    x = read_image(path)
+    assert x.shape == (1, 1, 4)
+    assert torch.allclose(x[0, 0], torch.tensor([0.0, 300 / 65535, 32768 / 65535, 1.0]))
+    # 32-bit int holding 16-bit data (how some TIFFs arrive): the same scale.
+    x = read_image(_saved(tmp_path, Image.fromarray(a16.astype(np.int32)), "g32.tif"))
+    assert torch.allclose(x[0, 0], torch.tensor([0.0, 300 / 65535, 32768 / 65535, 1.0]))
+    # Float: kept when in [0, 1], else scaled by its own range (no clipping at 1).
+    f = np.array([[0.0, 0.25, 1.0]], dtype=np.float32)
+    x = read_image(_saved(tmp_path, Image.fromarray(f), "f1.tif"))
+    assert torch.allclose(x[0, 0], torch.tensor(f[0]))
+    x = read_image(_saved(tmp_path, Image.fromarray(f * 4 - 1), "f4.tif"))
+    assert torch.allclose(x[0, 0], torch.tensor([0.0, 0.25, 1.0]))
+    # 8-bit and 1-bit grey.
+    x = read_image(_saved(tmp_path, Image.fromarray(np.array([[0, 51, 255]], np.uint8)), "l.png"))
+    assert torch.allclose(x[0, 0], torch.tensor([0.0, 0.2, 1.0]))
+    bw = Image.fromarray(np.array([[0, 255, 0]], np.uint8)).convert("1")
+    assert torch.equal(read_image(_saved(tmp_path, bw, "bw.png"))[0, 0], torch.tensor([0.0, 1.0, 0.0]))
+
+
+def test_transparency_composites_on_white(tmp_path):
+    from ddpm.data.decode import read_image, to_unit
+
+    rgba = Image.new("RGBA", (3, 1))
+    rgba.putpixel((0, 0), (255, 0, 0, 0))  # fully transparent red -> white
+    rgba.putpixel((1, 0), (255, 0, 0, 255))  # opaque red
+    rgba.putpixel((2, 0), (0, 0, 255, 128))  # half-transparent blue -> light blue
+    x = read_image(_saved(tmp_path, rgba, "rgba.png"))
+    a = 128 / 255
+    want = torch.tensor([[1.0, 1.0, 1 - a], [1.0, 0.0, 1 - a], [1.0, 0.0, 1.0]])
+    assert x.shape == (3, 1, 3) and torch.allclose(x[:, 0], want, atol=1e-6)
+    la = Image.new("LA", (2, 1))
+    la.putpixel((0, 0), (0, 0))
+    la.putpixel((1, 0), (51, 255))
+    x = read_image(_saved(tmp_path, la, "la.png"))
+    assert x.shape == (1, 1, 2) and torch.allclose(x[0, 0], torch.tensor([1.0, 0.2]))
+    # Modes PIL cannot write to PNG, converted in memory: premultiplied RGBa and palette+alpha PA.
+    assert torch.allclose(to_unit(rgba.convert("RGBa"))[:, 0, :2], want[:, :2], atol=1e-6)
+    pa = Image.new("PA", (1, 1))
+    pa.putpalette([0, 255, 0] + [0] * 765)
+    pa.putpixel((0, 0), (0, 0))
+    assert torch.allclose(to_unit(pa)[:, 0, 0], torch.ones(3))
+
+
+def test_palette_images_give_their_colours(tmp_path):
+    from ddpm.data.decode import read_image
+
+    p = Image.new("P", (3, 1))
+    p.putpalette([255, 0, 0, 0, 128, 255, 10, 20, 30] + [0] * (256 * 3 - 9))
+    for i in range(3):
+        p.putpixel((i, 0), i)
+    x = read_image(_saved(tmp_path, p, "p.png"))
+    want = torch.tensor([[255, 0, 10], [0, 128, 20], [0, 255, 30]]) / 255
+    assert x.shape == (3, 1, 3) and torch.allclose(x[:, 0], want)
+    p.info["transparency"] = 1  # palette index 1 is transparent -> white
+    x = read_image(_saved(tmp_path, p, "pt.png", transparency=1))
+    assert torch.allclose(x[:, 0, 1], torch.ones(3)) and torch.allclose(x[:, 0, 0], want[:, 0])
+    grey = Image.new("P", (2, 1))
+    grey.putpalette([7, 7, 7, 200, 200, 200] + [0] * (256 * 3 - 6))
+    grey.putpixel((1, 0), 1)
+    x = read_image(_saved(tmp_path, grey, "pg.gif"))
+    assert x.shape == (1, 1, 2) and torch.allclose(x[0, 0], torch.tensor([7, 200]) / 255)
+
+
+def test_cmyk_ycbcr_and_exif_rotation(tmp_path):
+    from ddpm.data.decode import read_image, to_unit
+
+    cyan = Image.new("CMYK", (1, 1), (255, 0, 0, 0))
+    assert torch.allclose(to_unit(cyan)[:, 0, 0], torch.tensor([0.0, 1.0, 1.0]))
+    ycc = Image.new("RGB", (1, 1), (200, 100, 50)).convert("YCbCr")
+    assert torch.allclose(to_unit(ycc)[:, 0, 0], torch.tensor([200, 100, 50]) / 255, atol=3 / 255)
+    # A 3x2 image stored sideways with EXIF orientation 6 ("rotate 90 degrees clockwise to view").
+    a = np.arange(6, dtype=np.uint8).reshape(2, 3) * 40
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = _saved(tmp_path, Image.fromarray(a), "rot.png", exif=exif)
+    x = read_image(path)
+    assert x.shape == (1, 3, 2)
+    assert torch.allclose(x[0], torch.from_numpy(np.rot90(a, k=-1).copy()).float() / 255)
+
+
+def test_large_jpeg_is_read_shrunk_but_alike(tmp_path):
+    from ddpm.data.decode import read_image
+
+    yy, xx = np.mgrid[0:192, 0:256]
+    rgb = np.stack([xx, yy, (xx + yy) // 2], -1).astype(np.uint8)
+    path = _saved(tmp_path, Image.fromarray(rgb), "big.jpg", quality=95)
+    full, small = read_image(path), read_image(path, min_side=16)
+    assert full.shape == (3, 192, 256) and min(small.shape[1:]) >= 16 and small.shape[1] < 192
+    assert (T.fit_square(full, 16) - T.fit_square(small, 16)).abs().mean() < 0.01
+
+
+# -- image folders -----------------------------------------------------------------------------------
+
+
+def _png_bomb(path, width=30_000, height=30_000):
+    """A tiny PNG whose header claims a huge image (never decoded by the loader)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+
+
+def _folder(tmp_path, *, bad=False):
+    root = tmp_path / "imgs"
+    for cls, colour in [("cats", (200, 30, 30)), ("dogs", (30, 30, 200))]:
+        (root / cls / "deep").mkdir(parents=True)
+        for i in range(6):
+            sub = "deep/" if i == 5 else ""
+            Image.new("RGB", (24 + i, 20), colour).save(root / cls / f"{sub}{i}.png")
+    (root / "cats" / "0.txt").write_text("a red cat\n", encoding="utf-8")
+    (root / "dogs" / "deep" / "5.txt").write_text("a blue dog", encoding="utf-8")
+    (root / ".hidden.png").write_bytes(b"not even looked at")
+    (root / "cats" / "notes.md").write_text("not an image extension: ignored")
+    if bad:
+        (root / "cats" / "empty.png").write_bytes(b"")
+        (root / "cats" / "text.jpg").write_text("hello, I am not a JPEG")
+        good = (root / "cats" / "1.png").read_bytes()
+        (root / "dogs" / "truncated.png").write_bytes(good[: len(good) // 2])
+        (root / "dogs" / "garbled.png").write_bytes(good[:40] + b"\x00" * 60 + good[100:])
+        _png_bomb(root / "dogs" / "bomb.png")
+        _png_bomb(root / "dogs" / "bomb2.png", 10_000, 9_000)  # over PIL's warning limit only
+        (root / "dogs" / "0.txt").write_bytes(b"caf\xe9 au lait")  # Latin-1, not UTF-8
+    return root
+
+
+@pytest.mark.filterwarnings("ignore:10 of 12 images")
+def test_folder_classes_captions_and_geometry(tmp_path):
+    root = _folder(tmp_path)
+    ds = load_dataset(root, split="all", image_size=8)
+    assert len(ds) == 12 and ds.class_names == ["cats", "dogs"] and ds.num_classes == 2
+    assert ds.labels.tolist() == [0] * 6 + [1] * 6
+    assert (ds.channels, ds.image_size, ds.has_captions) == (3, 8, True)
+    assert ds[0]["caption"] == "a red cat" and ds[11]["caption"] == "a blue dog" and ds[1]["caption"] == ""
+    assert ds.missing_captions == 10
+    item = ds[7]
+    assert set(item) == {"image", "label", "caption"} and item["label"] == 1
+    blue = T.to_signed(torch.tensor([30, 30, 200]) / 255)[:, None, None]
+    assert torch.allclose(item["image"], blue.expand(3, 8, 8))
+    # image_size=None: the smallest shorter side in the folder (all are 20 high).
+    assert load_dataset(root, split="all").image_size == 20
+    # Grey only when asked; labels can be turned off.
+    grey = load_dataset(root, split="all", image_size=4, channels=1, labels="none")
+    assert grey.channels == 1 and grey.labels is None and "label" not in grey[0]
+    luma = torch.tensor(0.299 * 200 + 0.587 * 30 + 0.114 * 30) / 255
+    assert torch.allclose(grey[0]["image"], T.to_signed(luma).expand(1, 4, 4))
+
+
+@pytest.mark.filterwarnings("ignore:.*no caption sidecar")
+def test_folder_auto_labels_need_every_image_in_a_class_folder(tmp_path):
+    root = _folder(tmp_path)
+    Image.new("L", (9, 9), 128).save(root / "loose.png")
+    ds = load_dataset(root, split="all", image_size=4)
+    assert ds.labels is None and ds.num_classes is None and len(ds) == 13
+    with pytest.raises(ValueError, match="loose.png"):
+        load_dataset(root, split="all", labels="folders")
+    with pytest.raises(ValueError, match="labels must be one of"):
+        load_dataset(root, labels="yes")
+    with pytest.raises(TypeError, match="unknown option"):
+        load_dataset(root, colour="red")
+
+
+def test_grey_folder_is_one_channel_and_lazy_equals_in_memory(tmp_path):
+    root = tmp_path / "grey"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (12, 16), dtype=np.uint8)).save(root / f"{i}.png")
+    Image.fromarray((rng.integers(0, 65536, (16, 12))).astype(np.uint16)).save(root / "deep16.png")
+    mem = load_dataset(root, split="all", image_size=6, in_memory=True)
+    lazy = load_dataset(root, split="all", image_size=6, in_memory=False)
+    assert mem.channels == 1 and mem.in_memory and not lazy.in_memory
+    assert torch.equal(mem.as_tensor()[0], lazy.as_tensor()[0])
+    assert torch.equal(mem[5]["image"], lazy[5]["image"]) and mem.as_tensor()[1] is None
+    pixels = torch.from_numpy(np.array(Image.open(root / "0.png"))).float()[None] / 255
+    direct = T.to_signed(T.fit_square(pixels, 6))
+    assert torch.allclose(mem[0]["image"], direct, atol=1e-6)
+
+
+def test_bad_files_skipped_counted_and_reported_once(tmp_path):
+    from ddpm.data.folder import BadImageWarning
+
+    root = _folder(tmp_path, bad=True)
+    with pytest.warns(BadImageWarning) as record:
+        train = load_dataset(root, image_size=8, holdout_fraction=0.25)
+        test = load_dataset(root, split="test", image_size=8, holdout_fraction=0.25)
+    assert len(record) == 1  # the test split reuses the indexed folder: one report
+    msg = str(record[0].message)
+    assert "skipped 7 of 18 files" in msg and "2 decompression bomb" in msg and "1 empty file" in msg
+    assert train.skipped == {
+        "corrupt": ["dogs/garbled.png", "dogs/truncated.png"],
+        "decompression bomb": ["dogs/bomb.png", "dogs/bomb2.png"],
+        "empty file": ["cats/empty.png"],
+        "not an image": ["cats/text.jpg"],
+        "unreadable caption (not UTF-8 text)": ["dogs/0.png"],
+    }
+    # 11 usable images (6 cats, 5 dogs); 3 held out, the rounding remainder going to the larger class.
+    assert len(train) + len(test) == 11 and test.labels.bincount().tolist() == [2, 1]
+    assert not set(train.paths) & set(test.paths)
+    # A lower pixel limit makes ordinary images "bombs" too.
+    with pytest.raises(ValueError, match="none of the 12 image files"):
+        load_dataset(_folder(tmp_path / "again"), split="all", max_pixels=100)
+
+
+def test_empty_missing_or_unreadable_folders_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither a built-in dataset"):
+        load_dataset(tmp_path / "nowhere")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "readme.txt").write_text("no images here")
+    with pytest.raises(ValueError, match=r"no images found under .*\.png"):
+        load_dataset(tmp_path / "empty")
+    with pytest.raises(NotADirectoryError, match="expected a folder"):
+        load_dataset(tmp_path / "empty" / "readme.txt")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="1 empty file"):
+        load_dataset(tmp_path / "junk")
+
+
+@pytest.mark.filterwarnings("ignore:.*no caption sidecar")
+def test_folder_split_is_stratified_and_flip_deterministic(tmp_path):
+    root = _folder(tmp_path)
+    test = load_dataset(root, split="test", image_size=8, holdout_fraction=1 / 6)
+    assert test.labels.tolist() == [0, 1]
+    a = load_dataset(root, image_size=8, flip=True, seed=1)
+    b = load_dataset(root, image_size=8, flip=True, seed=1)
+    a.set_epoch(3)
+    b.set_epoch(3)
+    assert torch.equal(a.get_batch(range(len(a)))["image"], b.get_batch(range(len(b)))["image"])
+    assert torch.equal(a.flips(), flip_mask(len(a), seed=1, epoch=3))

@@ -279,8 +279,11 @@ class SubsetDataset(ImageDataset):
     def _images(self, idx: Tensor) -> Tensor:
         return self.base._images(self.indices[idx])
 
+    # Facts about the whole source that a view shares (a folder's root and its report of skipped files).
+    _SHARED = ("root", "skipped", "missing_captions", "in_memory")
+
     def __getattr__(self, name: str) -> Any:
-        # Dataset-specific extras of the base (e.g. a folder's `skipped` report) stay reachable.
-        if name.startswith("_") or name == "base":
-            raise AttributeError(name)
-        return getattr(self.base, name)
+        base = self.__dict__.get("base")
+        if name in SubsetDataset._SHARED and base is not None:
+            return getattr(base, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")

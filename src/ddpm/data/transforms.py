@@ -98,16 +98,16 @@ def to_unit(x: Tensor) -> Tensor:
 
 
 def rgb_to_grey(x: Tensor) -> Tensor:
-    """BT.601 luma of `[..., 3, H, W]` in [0, 1] -> `[..., 1, H, W]`; grey input (R = G = B) is kept exact."""
+    """BT.601 luma of `[..., 3, H, W]` -> `[..., 1, H, W]`; grey input (R = G = B) is kept exact."""
     if x.shape[-3] != 3:
         raise ValueError(f"rgb_to_grey expects 3 channels, got {x.shape[-3]}")
     r, g, b = x[..., 0:1, :, :], x[..., 1:2, :, :], x[..., 2:3, :, :]
     if torch.equal(r, g) and torch.equal(g, b):
         return r.clone()
     y = _LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b
-    # The weights sum to one, so y lies in [min, max] of the input up to float rounding; the clamp
-    # only removes that rounding (it never cuts real signal).
-    return y.clamp_(0.0, 1.0)
+    # The weights are positive and sum to one, so y lies between the smallest and largest channel of
+    # its pixel up to float rounding; bounding it there removes only that rounding.
+    return torch.minimum(torch.maximum(y, x.amin(-3, keepdim=True)), x.amax(-3, keepdim=True))
 
 
 def match_channels(x: Tensor, channels: int) -> Tensor:

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -54,9 +56,17 @@ def digits(*, image_size: int | None = None, channels: int | None = None) -> Ten
 
 def faces(*, image_size: int | None = None, channels: int | None = None) -> TensorImageDataset:
     """scikit-image `lfw_subset`: 100 faces + 100 non-faces (labels 0 / 1), `[1, 32, 32]` by default."""
+    import skimage.data
     from skimage.data import lfw_subset
 
     size, ch = _check(image_size, channels, FACES_SIZE)
+    # scikit-image ships this file in its wheel; without it, lfw_subset() would try to download it.
+    shipped = Path(skimage.data.__file__).parent / "lfw_subset.npy"
+    if not shipped.is_file():
+        raise RuntimeError(
+            f"this scikit-image install lacks {shipped.name} (expected at {shipped}); the faces dataset is "
+            "never downloaded at run time: reinstall scikit-image from its wheel"
+        )
     raw = np.asarray(lfw_subset())
     if raw.dtype == np.uint8:  # documented as uint8 by some scikit-image versions, float in [0, 1] by others
         raw = raw / 255.0

@@ -218,6 +218,8 @@ class TensorImageDataset(ImageDataset):
             raise ValueError(f"images must have 1 (grey) or 3 (RGB) channels, got {c}")
         if h != w:
             raise ValueError(f"images must be square, got {h}x{w}; centre-crop them (transforms.fit_square)")
+        if n and not bool(torch.isfinite(images).all()):
+            raise ValueError("images hold NaN or infinite values")
         if n and (float(images.min()) < -1.0 or float(images.max()) > 1.0):
             raise ValueError(
                 f"images must lie in [-1, 1], got [{float(images.min()):.4g}, {float(images.max()):.4g}]; "

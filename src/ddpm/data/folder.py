@@ -24,7 +24,6 @@ import os
 import sys
 import warnings
 import weakref
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +102,6 @@ class ImageFolder(ImageDataset):
         in_memory_limit: int = IN_MEMORY_LIMIT,
         flip: bool = False,
         seed: int = 0,
-        _scanned: tuple[list[str], dict[str, tuple[int, int]]] | None = None,
     ) -> None:
         if labels not in LABEL_MODES:
             raise ValueError(f"labels must be one of {', '.join(LABEL_MODES)}; got {labels!r}")
@@ -113,92 +111,96 @@ class ImageFolder(ImageDataset):
             raise ValueError(f"image_size must be a positive integer or None, got {image_size!r}")
         self.root = _check_root(Path(os.path.expanduser(os.fspath(root))))
         self.max_pixels = max_pixels
-        candidates, stats = _scan(self.root) if _scanned is None else _scanned
+        candidates, stats = _scan(self.root)
         if not candidates:
             raise ValueError(
                 f"no images found under {self.root} (searched recursively for {', '.join(IMAGE_EXTENSIONS)}; "
                 "hidden files and folders are ignored)"
             )
-        skipped: dict[str, list[str]] = defaultdict(list)
+        self.skipped: dict[str, list[str]] = {}
 
         # Pass 1: headers and structure, which gives the sizes for image_size=None without decoding.
-        sizes: dict[str, tuple[int, int]] = {}
+        sizes = {}
         for rel in candidates:
             try:
                 sizes[rel] = verify_image(self.root / rel, max_pixels=max_pixels)
             except BadImageError as e:
-                skipped[e.reason].append(rel)
+                self._skip(e.reason, rel)
         ok = [rel for rel in candidates if rel in sizes]
-        if ok and image_size is None:
-            image_size = min(min(sizes[rel]) for rel in ok)
-        size = int(image_size) if image_size is not None else 1
-
-        # Captions beside the images.
-        captions: dict[str, str] = {}
-        for rel in list(ok):
-            sidecar = os.path.splitext(rel)[0] + ".txt"
-            if sidecar in stats:
-                try:
-                    captions[rel] = (self.root / sidecar).read_text(encoding="utf-8-sig").strip()
-                except (OSError, UnicodeDecodeError):
-                    skipped["unreadable caption (not UTF-8 text)"].append(rel)
-                    ok.remove(rel)
+        size = int(image_size) if image_size is not None else min((min(sizes[r]) for r in ok), default=1)
+        captions = self._read_captions(ok, stats)
+        ok = [rel for rel in ok if rel in captions or os.path.splitext(rel)[0] + ".txt" not in stats]
 
         # Pass 2: full decode of every file (a truncated file passes `verify` but fails here).
-        n_max = len(ok)
-        keep = bool(in_memory) if in_memory is not None else n_max * 3 * size * size * 4 <= in_memory_limit
+        keep = bool(in_memory) if in_memory is not None else len(ok) * 3 * size * size * 4 <= in_memory_limit
         decoded: list[Tensor] = []
-        grey = True
         good: list[str] = []
+        grey = True
         for rel in ok:
             try:
                 x = fit_square(read_image(self.root / rel, max_pixels=max_pixels, min_side=size), size)
             except BadImageError as e:
-                skipped[e.reason].append(rel)
+                self._skip(e.reason, rel)
                 continue
             good.append(rel)
             grey = grey and x.shape[0] == 1
             if keep:
                 decoded.append(x if channels is None else match_channels(x, channels))
-        self.skipped = dict(skipped)
         if not good:
             raise ValueError(
                 f"none of the {len(candidates)} image files under {self.root} could be read "
                 f"({self._summary()}); check the files or point at another folder"
             )
 
-        # Labels from first-level sub-folders.
-        top = [rel.split("/")[0] if "/" in rel else None for rel in good]
-        in_folders = all(t is not None for t in top)
-        names = sorted({t for t in top if t is not None})
-        if labels == "folders" and not in_folders:
-            loose = [rel for rel, t in zip(good, top) if t is None][:3]
-            raise ValueError(
-                f"labels='folders' needs every image inside a class sub-folder of {self.root}, "
-                f"but some lie at its top level (e.g. {', '.join(loose)}); move them or use labels='none'"
-            )
-        use_folders = labels == "folders" or (labels == "auto" and in_folders and len(names) >= 2)
-        label_t = torch.tensor([names.index(t) for t in top], dtype=torch.int64) if use_folders else None
-
+        names, label_t = self._folder_labels(good, labels)
         self._files = good
         self.in_memory = keep
-        self._out_channels = channels if channels is not None else (1 if grey else 3)
-        c = self._out_channels
+        c = channels if channels is not None else (1 if grey else 3)
         self._pixels = to_signed(torch.stack([match_channels(x, c) for x in decoded])) if keep else None
-        cap_list = [captions.get(rel, "") for rel in good] if captions else None
-        self.missing_captions = sum(rel not in captions for rel in good) if captions else 0
+        has_captions = any(rel in captions for rel in good)
+        self.missing_captions = sum(rel not in captions for rel in good) if has_captions else 0
         self._init_meta(
-            channels=self._out_channels,
+            channels=c,
             image_size=size,
             labels=label_t,
-            class_names=names if use_folders else None,
-            captions=cap_list,
+            class_names=names,
+            captions=[captions.get(rel, "") for rel in good] if has_captions else None,
             paths=[str(self.root / rel) for rel in good],
             flip=flip,
             seed=seed,
         )
         self._report(len(candidates))
 
+    def _skip(self, reason: str, rel: str) -> None:
+        self.skipped.setdefault(reason, []).append(rel)
+
+    def _read_captions(self, rels: list[str], stats: dict[str, tuple[int, int]]) -> dict[str, str]:
+        """Caption of each image that has a `name.txt` sidecar; unreadable sidecars skip their image."""
+        captions = {}
+        for rel in rels:
+            sidecar = os.path.splitext(rel)[0] + ".txt"
+            if sidecar in stats:
+                try:
+                    captions[rel] = (self.root / sidecar).read_text(encoding="utf-8-sig").strip()
+                except (OSError, UnicodeDecodeError):
+                    self._skip("unreadable caption (not UTF-8 text)", rel)
+        return captions
+
+    def _folder_labels(self, rels: list[str], mode: str) -> tuple[list[str] | None, Tensor | None]:
+        """Class names and labels `[N]` from first-level sub-folders, or (None, None)."""
+        top = [rel.split("/", 1)[0] if "/" in rel else None for rel in rels]
+        in_folders = all(t is not None for t in top)
+        names = sorted({t for t in top if t is not None})
+        if mode == "folders" and not in_folders:
+            loose = [rel for rel, t in zip(rels, top) if t is None][:3]
+            raise ValueError(
+                f"labels='folders' needs every image inside a class sub-folder of {self.root}, "
+                f"but some lie at its top level (e.g. {', '.join(loose)}); move them or use labels='none'"
+            )
+        if not (mode == "folders" or (mode == "auto" and in_folders and len(names) >= 2)):
+            return None, None
+        index = {name: k for k, name in enumerate(names)}
+        return names, torch.tensor([index[t] for t in top], dtype=torch.int64)
 
     def __len__(self) -> int:
         return len(self._files)
@@ -255,10 +257,9 @@ class ImageFolder(ImageDataset):
                 f"unknown option(s) {sorted(unknown)} for an image folder; "
                 f"known: {', '.join(_FOLDER_OPTIONS)}"
             )
-        scanned = _scan(path)
-        key = (str(path), tuple(sorted(options.items())), tuple(sorted(scanned[1].items())))
+        key = (str(path), tuple(sorted(options.items())), tuple(sorted(_scan(path)[1].items())))
         ds = cls._cache.get(key)
         if ds is None:
-            ds = cls(path, **options, _scanned=scanned)
+            ds = cls(path, **options)
             cls._cache[key] = ds
         return ds

@@ -209,7 +209,7 @@ def test_tensor_dataset_validates_input():
     with pytest.raises(ValueError, match="labels"):
         TensorImageDataset(torch.zeros(2, 1, 4, 4), labels=[0, 1, 2])
     ds = TensorImageDataset(torch.zeros(3, 3, 4, 4), captions=["a", "b", "c"])
-    assert isinstance(ds, ImageDataset) and ds.has_captions and ds.num_classes is None
+    assert isinstance(ds, ImageDataset) and ds.has_captions and ds.num_classes is None and ds.in_memory
     assert ds[-1]["caption"] == "c" and "label" not in ds[0]
     with pytest.raises(IndexError):
         ds[3]

@@ -47,6 +47,7 @@ class ImageDataset(Dataset):
     flip: bool
     seed: int
     epoch: int
+    in_memory: bool = False  # whether `as_tensor` / `get_batch` are plain tensor indexing (no decoding)
 
     def _init_meta(
         self,
@@ -198,6 +199,8 @@ class ImageDataset(Dataset):
 class TensorImageDataset(ImageDataset):
     """A dataset held as one tensor `images [N, C, H, W]` in [-1, 1] (square, C in {1, 3})."""
 
+    in_memory = True
+
     def __init__(
         self,
         images: Tensor,
@@ -282,7 +285,11 @@ class SubsetDataset(ImageDataset):
         return self.base._images(self.indices[idx])
 
     # Facts about the whole source that a view shares (a folder's root and its report of skipped files).
-    _SHARED = ("root", "skipped", "missing_captions", "in_memory")
+    _SHARED = ("root", "skipped", "missing_captions")
+
+    @property
+    def in_memory(self) -> bool:  # type: ignore[override]
+        return self.base.in_memory
 
     def __getattr__(self, name: str) -> Any:
         base = self.__dict__.get("base")

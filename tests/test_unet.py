@@ -38,6 +38,15 @@ def tiny(**overrides) -> UNetConfig:
     return UNetConfig.from_dict({**base, **overrides})
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: one thread is faster than two, and immune to a busy machine's scheduling."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -250,3 +259,104 @@ def test_training_reduces_the_loss_on_a_fixed_batch():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
+
+
+# ------------------------------------------------------------------------- parity with the diffusers UNets
+def _diffusers_randomized(model: nn.Module) -> nn.Module:
+    return randomize(model, seed=3).eval()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(  # SD-1.x style: conv projections, a fixed head count
+            block_out_channels=(32, 64), layers_per_block=2, cross_attention_dim=16, attention_head_dim=2,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        ),
+        dict(  # SD-2.x style: linear projections, fixed head width (heads per block), three levels
+            block_out_channels=(16, 32, 32), layers_per_block=1, cross_attention_dim=12,
+            attention_head_dim=(2, 4, 4), use_linear_projection=True,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        ),
+    ],
+)
+def test_parity_with_diffusers_unet2d_condition_model(kwargs):
+    from diffusers import UNet2DConditionModel
+
+    from ddpm.models.unet_convert import unet_from_diffusers
+
+    torch.manual_seed(0)
+    ref = _diffusers_randomized(
+        UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, norm_num_groups=8, **kwargs)
+    )
+    ours = unet_from_diffusers(ref).eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    ctx = torch.randn(2, 5, kwargs["cross_attention_dim"], generator=g)
+    t = torch.tensor([3, 811])
+    with torch.no_grad():
+        expected = ref(x, t, encoder_hidden_states=ctx).sample
+        got = ours(x, t, context=ctx)
+    assert expected.abs().mean() > 0.1  # a non-trivial output
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_parity_with_diffusers_unet2d_model_adm_options():
+    from diffusers import UNet2DModel
+
+    from ddpm.models.unet_convert import unet_from_diffusers
+
+    ref = _diffusers_randomized(
+        UNet2DModel(
+            sample_size=8, in_channels=3, out_channels=6, block_out_channels=(16, 32), layers_per_block=2,
+            down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+            up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=8, norm_num_groups=8, attn_norm_num_groups=8, norm_eps=1e-6,
+            resnet_time_scale_shift="scale_shift",
+            flip_sin_to_cos=False, freq_shift=1, num_class_embeds=3,
+        )
+    )
+    ours = unet_from_diffusers(ref).eval()
+    assert ours.config.use_scale_shift_norm and ours.config.num_head_channels == 8
+    assert ours.config.num_classes == 3
+    assert torch.equal(ours.label_emb.weight[3], torch.zeros(ours.label_emb.weight.shape[1]))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, generator=g)
+    t, y = torch.tensor([0, 999]), torch.tensor([2, 0])
+    with torch.no_grad():
+        expected = ref(x, t, class_labels=y).sample
+        got = ours(x, t, class_labels=y)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_diffusers_sd_configs_translate_to_our_presets():
+    from ddpm.models.unet_convert import unet_config_from_diffusers
+
+    sd15 = {  # the fields of runwayml/stable-diffusion-v1-5 unet/config.json
+        "act_fn": "silu", "attention_head_dim": 8, "block_out_channels": [320, 640, 1280, 1280],
+        "center_input_sample": False, "cross_attention_dim": 768,
+        "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+        "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4,
+        "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32,
+        "out_channels": 4, "sample_size": 64,
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    }
+    assert unet_config_from_diffusers(sd15) == UNetConfig.sd15()
+    assert unet_config_from_diffusers({**sd15, "in_channels": 9}) == UNetConfig.sd15_inpainting()
+    sd21 = {**sd15, "attention_head_dim": [5, 10, 20, 20], "cross_attention_dim": 1024,
+            "use_linear_projection": True}
+    assert unet_config_from_diffusers(sd21) == UNetConfig.sd21()
+    with pytest.raises(ValueError, match="act_fn"):
+        unet_config_from_diffusers({**sd15, "act_fn": "gelu"})
+    with pytest.raises(ValueError, match="mirror"):
+        unet_config_from_diffusers({**sd15, "up_block_types": ["UpBlock2D"] * 4})
+
+
+def test_diffusers_state_dict_with_foreign_keys_is_rejected():
+    from ddpm.models.unet_convert import diffusers_unet_state_dict
+
+    cfg = tiny(context_dim=4)
+    with pytest.raises(ValueError, match="add_embedding"):
+        diffusers_unet_state_dict({"add_embedding.linear_1.weight": torch.zeros(1)}, cfg)

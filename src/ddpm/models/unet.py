@@ -82,7 +82,7 @@ class UNetConfig:
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
-        self.attention_resolutions = tuple(int(r) for r in self.attention_resolutions)
+        self.attention_resolutions = tuple(sorted({int(r) for r in self.attention_resolutions}))
         for name in ("in_channels", "out_channels", "model_channels", "num_res_blocks", "transformer_depth",
                      "norm_groups", "num_heads"):
             value = getattr(self, name)
@@ -182,7 +182,7 @@ class UNetConfig:
         """The Stable Diffusion 1.x latent UNet (Rombach et al. 2022): 859.52M parameters for 4 channels."""
         base = dict(
             in_channels=in_channels, out_channels=4, model_channels=320, channel_mult=(1, 2, 4, 4),
-            num_res_blocks=2, attention_resolutions=(4, 2, 1), num_heads=8, context_dim=768,
+            num_res_blocks=2, attention_resolutions=(1, 2, 4), num_heads=8, context_dim=768,
             transformer_depth=1, use_linear_projection=False, norm_eps=1e-5,
             flip_sin_to_cos=True, freq_shift=0.0,
         )

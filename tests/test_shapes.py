@@ -295,3 +295,6 @@ def test_cli_refuses_a_non_empty_folder(tmp_path) -> None:
     assert Image.open(tmp_path / "000001.png").size == (64, 64)
     with pytest.raises(NotADirectoryError):
         _cli(["data", "shapes", "--num", "2", "--out", str(tmp_path / "keep.txt")])
+    with pytest.raises(ValueError, match="--size must be at least 16"):
+        _cli(["data", "shapes", "--num", "2", "--out", str(tmp_path / "new"), "--size", "8"])
+    assert not (tmp_path / "new").exists()

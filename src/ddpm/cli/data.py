@@ -18,8 +18,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "data",
         help=HELP,
-        description=HELP + ". The folder is also what `ddpm train` reads as a captioned dataset "
-        "(data.dataset = the folder's path).",
+        description=HELP + ". The folder loads back as a captioned dataset: give its path as data.dataset in "
+        "a training config, or to ddpm.data.load_dataset.",
     )
     sub = p.add_subparsers(title="datasets", dest="dataset", metavar="<dataset>", required=True)
     s = sub.add_parser(
@@ -44,6 +44,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if args.dataset != "shapes":
         raise ValueError(f"unknown dataset {args.dataset!r}; `ddpm data` writes: shapes")
+    if args.size < 16:
+        raise ValueError(f"--size must be at least 16 pixels to draw tellable shapes, got {args.size}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {str(out)!r} is a file; give a folder to write the images into")

@@ -1,0 +1,79 @@
+"""SIGTERM / Ctrl-C: finish the current step, save a checkpoint, exit cleanly."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import ddpm.training.loop as loop
+from ddpm.config import dump_config
+from ddpm.training import load_checkpoint, train
+from test_training import tiny_config
+
+
+def _rows(path) -> int:
+    try:
+        with open(path, newline="") as f:
+            return sum(1 for _ in csv.DictReader(f))
+    except FileNotFoundError:
+        return 0
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    cfg = tiny_config(tmp_path, "term", "train.steps=1000000", "train.checkpoint_every=0")
+    config_file = tmp_path / "term.toml"
+    config_file.write_text(dump_config(cfg))
+    script = textwrap.dedent(f"""
+        from ddpm.config import load_config
+        from ddpm.training import train
+        train(load_config({str(config_file)!r}), progress=False)
+        print("returned normally")
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    metrics = tmp_path / "term" / "metrics.csv"
+    deadline = time.monotonic() + 120
+    while _rows(metrics) < 3:
+        assert proc.poll() is None, proc.stdout.read().decode()
+        assert time.monotonic() < deadline, "training never logged three steps"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    out = out.decode()
+    assert proc.returncode == 0, out
+    assert "returned normally" in out and "stopped by SIGTERM" in out and "--resume" in out
+    ck = load_checkpoint(tmp_path / "term")
+    assert ck.step >= 3 and f"at step {ck.step};" in out
+    assert _rows(metrics) == ck.step  # log_every=1: one row per finished step, the last one included
+
+
+def test_ctrl_c_in_process_saves_and_a_second_one_aborts(tmp_path, monkeypatch):
+    real = loop.training_loss
+    calls = {"n": 0}
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "training_loss", interrupting)
+    run = train(tiny_config(tmp_path, "int", "train.steps=50"), progress=False)
+    assert load_checkpoint(run).step == 3 and calls["n"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+    def twice(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "training_loss", twice)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tmp_path, "abort", "train.steps=50"), progress=False)
+    assert not (tmp_path / "abort" / "latest").exists()

@@ -74,10 +74,14 @@ def test_item_contract_and_as_tensor() -> None:
     assert item["image"].min() >= -1 and item["image"].max() <= 1
     assert (ds.has_captions, ds.num_classes, ds.class_names, ds.channels, ds.image_size) == (
         True, None, None, 3, 32)  # fmt: skip
-    x = ds.as_tensor()
-    assert x.shape == (12, 3, 32, 32)
+    x, labels = ds.as_tensor()  # the project's in-memory fast path (no labels: a captioned dataset)
+    assert x.shape == (12, 3, 32, 32) and labels is None
     assert all(torch.equal(x[i], ds[i]["image"]) for i in range(12))
     assert ds.captions == [ds[i]["caption"] for i in range(12)]
+    batch = ds.get_batch([3, 1])
+    assert torch.equal(batch["image"][0], ds[3]["image"])
+    assert batch["caption"] == [ds[3]["caption"], ds[1]["caption"]]
+    assert np.array_equal(ds.pixels(5), render(ds.scene(5), 32))  # exact round trip to uint8
     assert ds[-1]["caption"] == ds[11]["caption"]
     with pytest.raises(IndexError):
         ds[12]
@@ -244,7 +248,7 @@ def test_load_dataset_reaches_the_factory() -> None:
 
 @pytest.mark.parametrize("kw, match", [
     ({"split": "valid"}, "unknown shapes split"), ({"num": 0}, "positive"),
-    ({"image_size": 8}, "at least 16"), ({"pair_fraction": 1.5}, "[0, 1]"),
+    ({"image_size": 8}, ">= 16"), ({"pair_fraction": 1.5}, "[0, 1]"),
 ])
 def test_bad_options_say_what_to_do(kw: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match.replace("[", r"\[").replace("]", r"\]")):

@@ -79,14 +79,14 @@ class CLIPTokenizer:
         self.model_max_length = model_max_length
         if specials is None:
             specials = dict.fromkeys((bos_token, eos_token, pad_token, unk_token), False)
+        missing = [t for t in specials if t not in vocab]
+        if missing:
+            raise ValueError(f"special tokens {missing} are not in the vocabulary")
         self.specials = dict(specials)
         self._raw_specials = tuple(t for t, normalized in self.specials.items() if not normalized)
         # A special matched after normalisation is looked for in its normalised spelling.
         self._normalized_specials = {normalize(t): t for t, normalized in self.specials.items() if normalized}
-        self._special_ids = {vocab[t] for t in self.specials if t in vocab}
-        missing = [t for t in self.specials if t not in vocab]
-        if missing:
-            raise ValueError(f"special tokens {missing} are not in the vocabulary")
+        self._special_ids = {vocab[t] for t in self.specials}
         self._byte_symbol = byte_alphabet()
         self._symbol_byte = {s: b for b, s in self._byte_symbol.items()}
 

@@ -142,6 +142,7 @@ class Trainer:
 
         cfg, env, device = self.config, self.env, self.device
         tc = cfg.train
+        self._threads_before = torch.get_num_threads()
         if tc.num_threads > 0:
             torch.set_num_threads(tc.num_threads)
         parts = env.world_size * tc.grad_accum
@@ -357,6 +358,7 @@ class Trainer:
                 return self._run()
         finally:
             self.env.close()
+            torch.set_num_threads(self._threads_before)
 
     def _run(self) -> Path:
         from tqdm import tqdm

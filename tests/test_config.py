@@ -60,8 +60,8 @@ def test_unknown_keys_are_rejected_by_name(tmp_path):
         load_config(None, ["model.channels=64"])
     with pytest.raises(ValueError, match=r"unknown config section \[optim\].*valid sections: run, data"):
         load_config(_write(tmp_path, "[optim]\nlr = 1\n"))
-    with pytest.raises(ValueError, match=r"unknown key text\.width.*\(none\)"):
-        load_config(None, ["text.width=3"])
+    with pytest.raises(ValueError, match=r"unknown key text\.dim.*context_length, width"):
+        load_config(None, ["text.dim=3"])
 
 
 def test_overrides_parse_toml_literals_with_string_fallback():

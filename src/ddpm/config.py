@@ -214,11 +214,22 @@ class SampleConfig:
 
 @dataclass
 class TextConfig:
-    """Text conditioning (data.condition = "text"): settings of the text encoder trained with the UNet.
+    """Text conditioning (data.condition = "text"): the text encoder trained with the UNet.
 
-    The text-to-image conditioner owns these keys; none are defined for pixel-space class/unconditional
-    training, so any key given here is reported as unknown.
+    `context_length` tokens per caption; the encoder's `width` (= the UNet's context_dim), `layers`, `heads`
+    and `mlp_ratio`. None (absent) takes the text conditioner's default (`ddpm.training.text_conditioning`).
     """
+
+    context_length: int | None = None
+    width: int | None = None
+    layers: int | None = None
+    heads: int | None = None
+    mlp_ratio: int | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("context_length", "width", "layers", "heads", "mlp_ratio"):
+            value = getattr(self, key)
+            _need(value is None or value >= 1, f"text.{key} must be a positive integer; got {value}")
 
 
 @dataclass

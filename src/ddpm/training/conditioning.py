@@ -10,6 +10,7 @@ resumed run drops the same ones. New kinds (a text encoder) register a factory w
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -102,6 +103,8 @@ def _class_factory(config: Any, dataset: Any) -> Conditioner:
 
 
 CONDITIONERS: dict[str, Callable[[Any, Any], Conditioner]] = {"none": _none_factory, "class": _class_factory}
+# Conditioners defined in modules of their own, imported on first use (the module registers itself).
+_CONDITIONER_MODULES = {"text": "ddpm.training.text_conditioning"}
 
 
 def register_conditioner(
@@ -116,6 +119,12 @@ def register_conditioner(
 def make_conditioner(config: Any, dataset: Any) -> Conditioner:
     """The conditioner for `config.data.condition`."""
     name = config.data.condition
+    if name not in CONDITIONERS and name in _CONDITIONER_MODULES:
+        try:
+            importlib.import_module(_CONDITIONER_MODULES[name])
+        except ModuleNotFoundError as e:
+            if e.name != _CONDITIONER_MODULES[name]:
+                raise
     if name not in CONDITIONERS:
         raise ValueError(
             f"data.condition = {name!r} has no conditioner registered (known: {sorted(CONDITIONERS)}); "

@@ -3,6 +3,7 @@ and train -> sample -> export -> eval end to end on a tiny model."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,8 @@ def test_top_level_help_lists_every_command(capsys):
         assert f"\n    {name} " in out, name
     code, out, _ = _run(capsys)  # no command: the same help, status 0
     assert code == 0 and "usage: ddpm" in out
+    code, out, _ = _run(capsys, "--version")
+    assert code == 0 and out.startswith("ddpm 0.")
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -42,8 +45,6 @@ def test_console_script_entry_point():
     proc = subprocess.run([str(script), "eval", "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: ddpm eval")
-    proc = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and proc.stdout.startswith("ddpm ")
 
 
 def _assert_one_line_error(code, err, command, *fragments):
@@ -117,3 +118,121 @@ def test_packaged_demo_config_loads():
     with pytest.raises(FileNotFoundError, match="packaged: demo"):
         configs.path("nope")
     assert config.sample.num == 100
+
+
+TINY_CONFIG = """
+[run]
+name = "tiny"
+
+[data]
+dataset = "digits"
+condition = "class"
+
+[model]
+model_channels = 8
+channel_mult = [1, 2]
+attention_resolutions = [2]
+num_head_channels = 8
+norm_groups = 4
+
+[diffusion]
+num_timesteps = 20
+
+[train]
+steps = 2
+batch_size = 8
+warmup_steps = 1
+checkpoint_every = 2
+sample_every = 0
+
+[sample]
+steps = 3
+guidance_scale = 1.5
+"""
+
+
+def test_train_sample_export_eval_end_to_end(capsys, tmp_path, monkeypatch):
+    import ddpm.evaluation.context as eval_context
+    from ddpm.evaluation import JudgeRecipe
+    from ddpm.io.images import read_png_metadata
+
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(eval_context, "JudgeRecipe", lambda: JudgeRecipe(width=8, feature_dim=16, epochs=1))
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_CONFIG)
+    runs = tmp_path / "runs"
+    code, out, err = _run(capsys, "train", "--config", str(config), "--set", f"run.dir={runs}", "--quiet")
+    assert code == 0, err
+    run = runs / "tiny"
+    assert f"run folder: {run}" in out and (run / "latest").is_file()
+
+    # Training into the same folder again is a one-line error that names the fix.
+    code, _, err = _run(capsys, "train", "--config", str(config), "--set", f"run.dir={runs}", "--quiet")
+    _assert_one_line_error(code, err, "train", "--resume")
+
+    # sample: per-image PNGs with metadata, and a grid; --class by index.
+    samples = tmp_path / "samples"
+    code, out, err = _run(capsys, "sample", "--model", str(run), "--num", "3", "--seed", "5", "--class", "7",
+                          "--sampler", "ddim", "--out", str(samples), "--quiet")  # fmt: skip
+    assert code == 0, err
+    names = sorted(p.name for p in samples.iterdir())
+    assert names == ["00000-seed5.png", "00001-seed6.png", "00002-seed7.png", "grid.png"]
+    meta = read_png_metadata(samples / "00001-seed6.png")
+    params = meta["parameters"]
+    assert (
+        "Seed: 6" in params
+        and "Sampler: DDIM" in params
+        and "Steps: 3" in params
+        and "CFG scale: 1.5" in params
+    )
+    assert "Model hash: " in params
+    assert json.loads(meta["ddpm"])["class_label"] == 7
+    assert "grid" in json.loads(read_png_metadata(samples / "grid.png")["ddpm"])
+
+    # export, then the file samples the same images as the run folder.
+    model = tmp_path / "tiny.safetensors"
+    code, out, err = _run(capsys, "export", str(run), "--out", str(model))
+    assert code == 0 and model.is_file() and "step 2" in out, err
+    code, _, err = _run(capsys, "export", str(run), "--out", str(model))
+    _assert_one_line_error(code, err, "export", "--force")
+    again = tmp_path / "again"
+    code, _, err = _run(capsys, "sample", "--model", str(model), "--num", "3", "--seed", "5", "--class", "7",
+                        "--sampler", "ddim", "--out", str(again), "--quiet")  # fmt: skip
+    assert code == 0, err
+    from PIL import Image
+
+    for name in names[:3]:
+        assert Image.open(samples / name).tobytes() == Image.open(again / name).tobytes()
+
+    # Unknown class: a one-line error listing the classes.
+    code, _, err = _run(capsys, "sample", "--model", str(model), "--class", "12", "--out", str(again))
+    _assert_one_line_error(code, err, "sample", "unknown class '12'", "10 classes")
+
+    # eval on the exported file: a table on stdout and the same numbers in JSON.
+    report = tmp_path / "eval.json"
+    argv = ["--num", "20", "--bpd-num", "3", "--steps", "2", "--fd-repeats", "2", "--out", str(report)]
+    code, out, err = _run(capsys, "eval", "--model", str(model), *argv, "--quiet")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["metric", "value", "context"]
+    assert [line.split()[0] for line in lines[1:4]] == ["accuracy", "fd", "bpd"]
+    blob = json.loads(report.read_text())
+    assert set(blob["metrics"]) == {"accuracy", "fd", "bpd"}
+    assert blob["options"]["num"] == 20 and blob["options"]["steps"] == 2
+    assert blob["metrics"]["fd"]["repeats"] == 2 and blob["metrics"]["bpd"]["num"] == 3
+    assert blob["meta"]["training"]["step"] == 2
+
+
+def test_diverged_training_is_a_one_line_error(capsys, tmp_path):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_CONFIG)
+    blow_up = [
+        "train.lr=1e30",
+        "train.grad_clip=0",
+        "train.max_nonfinite=1",
+        "train.warmup_steps=0",
+        "train.steps=6",
+    ]
+    sets = [arg for s in blow_up + [f"run.dir={tmp_path}"] for arg in ("--set", s)]
+    code, _, err = _run(capsys, "train", "--config", str(config), *sets, "--quiet")
+    _assert_one_line_error(code, err, "train", "non-finite loss or gradient", "Lower train.lr")

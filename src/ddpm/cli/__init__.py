@@ -19,7 +19,7 @@ COMMANDS = ("demo", "train", "sample", "export", "eval")
 
 
 class UsageError(ValueError):
-    """A mistake in the command line the parser cannot see (e.g. two options that exclude each other)."""
+    """A problem the user can fix that argparse cannot see (a missing option pair, a diverged run, …)."""
 
 
 def build_parser() -> argparse.ArgumentParser:

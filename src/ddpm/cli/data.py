@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         name = f"{i:0{digits}d}"
         Image.fromarray(data.pixels(i)).save(out / f"{name}.png", pnginfo=info)
         (out / f"{name}.txt").write_text(scene.caption + "\n", encoding="utf-8")
-    print(f"wrote {args.num} shapes images ({args.split}, {args.size}x{args.size}, seed {args.seed}) "
-          f"with caption sidecars to {out}")
+    print(
+        f"wrote {args.num} shapes images ({args.split}, {args.size}x{args.size}, seed {args.seed}) "
+        f"with caption sidecars to {out}"
+    )
     return 0

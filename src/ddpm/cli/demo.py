@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import UsageError
 from ._common import non_negative_int, positive_int
 
 HELP = "train a small class-conditional digits model, sample a grid, print its metrics"
@@ -95,11 +96,14 @@ def run(args: argparse.Namespace) -> int:
     if action == "reuse":
         print(f"reusing the trained demo in {run_dir} (pass --retrain to train again)")
     else:
-        from ..training import train
+        from ..training import TrainingDiverged, train
 
         print(f"{'resuming' if action == 'resume' else 'training'} the demo model in {run_dir} "
               f"({config.train.steps} steps, batch {config.train.batch_size})")  # fmt: skip
-        train(config, resume=run_dir if action == "resume" else None, progress=not args.quiet)
+        try:
+            train(config, resume=run_dir if action == "resume" else None, progress=not args.quiet)
+        except TrainingDiverged as error:
+            raise UsageError(str(error)) from error
     t_train = time.perf_counter() - t0
 
     import torch

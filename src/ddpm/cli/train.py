@@ -54,9 +54,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("give --config FILE (examples in configs/) or --resume runs/NAME")
     config = load_config(config_path, args.overrides)
 
-    from ..training import train
+    from ..training import TrainingDiverged, train
 
-    run_dir = train(config, resume=args.resume, progress=not args.quiet)
+    try:
+        run_dir = train(config, resume=args.resume, progress=not args.quiet)
+    except TrainingDiverged as error:  # its message says what to change and where to resume from
+        raise UsageError(str(error)) from error
     print(f"run folder: {run_dir}")
     print(f"next: ddpm sample --model {run_dir} --out {Path(run_dir) / 'samples' / 'final'}")
     return 0

@@ -8,7 +8,7 @@ Notation (Ho et al. 2020, "DDPM"; Nichol & Dhariwal 2021, "Improved DDPM"):
 | beta_t        | `betas[t]`        | variance added at step t                              |
 | alpha_t       | `alphas[t]`       | 1 - beta_t                                           |
 | alpha_bar_t   | `alphas_cumprod`  | prod_{s<=t} alpha_s, so q(x_t|x_0) = N(sqrt(ab) x0, (1-ab) I) |
-| sigma_t       | `sigmas[t]`       | sqrt((1 - ab) / ab): noise level of the variance-exploding view (Karras et al. 2022) |
+| sigma_t       | `sigmas[t]`       | sqrt((1 - ab) / ab): noise level of the VE view (Karras et al. 2022) |
 
 All schedule arrays are float64 `[T]`; samplers cast to the working dtype at the last moment.
 """
@@ -34,6 +34,9 @@ __all__ = [
     "SPACINGS",
     "timesteps",
     "karras_sigmas",
+    "sigma_at",
+    "timestep_at",
+    "alpha_bar_from_sigma",
 ]
 
 
@@ -50,7 +53,7 @@ class DiscreteSchedule:
         if b.numel() < 1:
             raise ValueError("a schedule needs at least one beta")
         if not torch.all((b > 0) & (b <= 1)):
-            raise ValueError("betas must lie in (0, 1]; got min %g, max %g" % (b.min(), b.max()))
+            raise ValueError(f"betas must lie in (0, 1]; got min {float(b.min()):g}, max {float(b.max()):g}")
         object.__setattr__(self, "betas", b)
         object.__setattr__(self, "alphas", 1.0 - b)
         object.__setattr__(self, "alphas_cumprod", torch.cumprod(1.0 - b, dim=0))
@@ -246,3 +249,42 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, *, rho: float = 7.
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
     inv_min, inv_max = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return (inv_max + ramp * (inv_min - inv_max)) ** rho
+
+
+# --------------------------------------------------------------------------------------------
+# Noise levels between the discrete timesteps
+# --------------------------------------------------------------------------------------------
+
+
+def sigma_at(sigmas: Tensor, t: Tensor | float) -> Tensor:
+    """sigma at fractional timesteps `t`: linear interpolation in t of the table `sigmas [T]`, with t clamped
+    to [0, T-1] (the convention of Euler-type samplers on a float grid); float64, shaped like `t`."""
+    table = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+    t = torch.as_tensor(t, dtype=torch.float64).clamp(0, table.numel() - 1)
+    if table.numel() == 1:
+        return table.expand(t.shape).clone()
+    lo = t.floor().long().clamp(max=table.numel() - 2)
+    w = t - lo
+    return table[lo] + w * (table[lo + 1] - table[lo])
+
+
+def timestep_at(sigmas: Tensor, sigma: Tensor | float) -> Tensor:
+    """The fractional timestep whose noise level is `sigma`: log sigma interpolated linearly between the
+    entries of the ascending table `sigmas [T]`, clamped to [0, T-1] (the inverse k-diffusion and diffusers
+    use to give a network trained on discrete t the levels of a Karras grid); float64, shaped like `sigma`."""
+    log_table = torch.as_tensor(sigmas, dtype=torch.float64).flatten().log()
+    log_sigma = torch.as_tensor(sigma, dtype=torch.float64).clamp(min=1e-10).log()
+    if log_table.numel() == 1:
+        return torch.zeros_like(log_sigma)
+    lo = (torch.searchsorted(log_table, log_sigma.flatten(), right=True) - 1).clamp(0, log_table.numel() - 2)
+    lo = lo.reshape(log_sigma.shape)
+    low, high = log_table[lo], log_table[lo + 1]
+    w = ((low - log_sigma) / (low - high)).clamp(0, 1)
+    return lo + w
+
+
+def alpha_bar_from_sigma(sigma: Tensor | float) -> Tensor:
+    """alpha_bar = 1 / (1 + sigma^2), the inverse of `DiscreteSchedule.sigmas` (sigma = 0 gives 1, inf
+    gives 0); float64."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    return 1.0 / (1.0 + sigma**2)

@@ -1,1 +1,35 @@
-"""ddpm.sampling"""
+"""Samplers behind `ddpm.sample`: plain functions `sampler(denoiser, x, grid, **options)`, one per family.
+
+| A1111 / ComfyUI name | our call                             | diffusers scheduler                         |
+| -------------------- | ------------------------------------ | ------------------------------------------- |
+| DPM++ 2M             | `sampler="dpmpp_2m"`                 | DPMSolverMultistep (dpmsolver++, order 2)   |
+| DPM++ 2M Karras      | `sampler="dpmpp_2m", karras=True`    | same with use_karras_sigmas=True            |
+| Euler                | `sampler="euler"`                    | EulerDiscrete                               |
+| Euler a              | `sampler="euler_a"`                  | EulerAncestralDiscrete                      |
+| Heun                 | `sampler="heun"`                     | HeunDiscrete                                |
+| DDIM                 | `sampler="ddim"` (eta=0)             | DDIM                                        |
+| PLMS                 | `sampler="plms"`                     | PNDM(skip_prk_steps=True)                   |
+| DDPM                 | `sampler="ddpm"`                     | DDPM                                        |
+| (SD 1.x grid)        | `spacing="leading", steps_offset=1`  | timestep_spacing="leading", steps_offset=1  |
+| (SD 1.x DDIM/PLMS)   | `final_sigma="sigma_min"`            | set_alpha_to_one=False                      |
+
+Spacings keep the meaning diffusers gives them for the scheduler in the same row (see `grid.py`).
+"""
+
+from .api import SAMPLERS, sample
+from .denoiser import Denoised, Denoiser, dynamic_threshold
+from .grid import Grid, discrete_grid, dpm_grid, sigma_grid
+from .noise import randn
+
+__all__ = [
+    "sample",
+    "SAMPLERS",
+    "randn",
+    "Grid",
+    "discrete_grid",
+    "sigma_grid",
+    "dpm_grid",
+    "Denoiser",
+    "Denoised",
+    "dynamic_threshold",
+]

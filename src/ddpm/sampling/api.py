@@ -1,0 +1,153 @@
+"""`ddpm.sample`: one call for every sampler, guidance, x0 clipping and img2img starts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from .. import process
+from ..guidance import Conditions, check_conditions, classifier_free_guidance
+from ..schedules import DiscreteSchedule
+from .ancestral import ddpm
+from .ddim import ddim
+from .denoiser import AlphaBars, Denoiser
+from .dpm_solver import dpmpp_2m
+from .euler import euler, euler_a, heun
+from .grid import GRIDS, Grid
+from .noise import Generators, check_generators, noise_source
+from .plms import plms
+
+__all__ = ["sample", "SAMPLERS"]
+
+
+class _Family(NamedTuple):
+    grid: str  # key of grid.GRIDS
+    sigma_space: bool  # takes x in sigma (VE) space instead of the VP sample
+    stochastic: bool
+
+
+SAMPLERS: dict[str, Callable[..., Tensor]] = {
+    "ddpm": ddpm,
+    "ddim": ddim,
+    "plms": plms,
+    "euler": euler,
+    "euler_a": euler_a,
+    "heun": heun,
+    "dpmpp_2m": dpmpp_2m,
+}
+
+_FAMILIES = {
+    "ddpm": _Family("discrete", False, True),
+    "ddim": _Family("discrete", False, False),
+    "plms": _Family("discrete", False, False),
+    "euler": _Family("sigma", True, False),
+    "euler_a": _Family("sigma", True, True),
+    "heun": _Family("sigma", True, False),
+    "dpmpp_2m": _Family("dpm", False, False),
+}
+
+
+def _start(
+    grid: Grid, noise: Tensor, init: Tensor | None, strength: float, steps: int, sigma_space: bool
+) -> tuple[Grid, Tensor]:
+    """The grid from the starting point on and the sampler's initial state (VP, or VE for sigma samplers)."""
+    if init is None:
+        return grid, noise * grid.init_sigma if sigma_space else noise
+    if tuple(init.shape) != tuple(noise.shape):
+        raise ValueError(
+            f"init has shape {tuple(init.shape)} but noise has {tuple(noise.shape)}; they must match"
+        )
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must lie in (0, 1] (1 = start from pure noise), got {strength}")
+    n_run = min(int(steps * strength), steps)
+    if n_run < 1:
+        raise ValueError(f"strength={strength} leaves no step out of {steps}; raise strength or steps")
+    grid = grid.tail(steps - n_run)
+    # x_t = sqrt(ab) init + sqrt(1 - ab) noise at the entry level (process.q_sample at a grid level)
+    ab = grid.alpha_bars[:1]
+    x = process.q_sample(AlphaBars(ab), init.to(noise), torch.zeros(noise.shape[0], dtype=torch.long), noise)
+    if sigma_space:
+        x = x * (1 + float(grid.sigmas[0]) ** 2) ** 0.5
+    return grid, x
+
+
+@torch.no_grad()
+def sample(
+    model: Callable[..., Tensor],
+    noise: Tensor,
+    *,
+    schedule: DiscreteSchedule,
+    sampler: str = "dpmpp_2m",
+    steps: int = 20,
+    spacing: str = "trailing",
+    prediction: str = "eps",
+    eta: float = 0.0,
+    karras: bool = False,
+    guidance_scale: float = 1.0,
+    cond: Conditions = None,
+    uncond: Conditions = None,
+    clip_x0: str | None = None,
+    generator: Generators = None,
+    progress: bool = False,
+    steps_offset: int = 0,
+    final_sigma: str = "zero",
+    variance: str | None = None,
+    init: Tensor | None = None,
+    strength: float = 1.0,
+) -> Tensor:
+    """Draw x0 `[B, C, …]` from `model(x_t, t, **cond)`, starting at the standard-normal x_T = `noise`.
+
+    sampler: one of SAMPLERS; spacing: `leading`/`linspace`/`trailing` (with `steps_offset`, e.g. 1 for
+    SD 1.x's leading grid); karras: Karras et al. 2022 sigmas; prediction: what the model outputs
+    (eps, x0, v; a 2C-channel output adds Improved DDPM's learned variance); eta: DDIM's noise (ddim only);
+    variance: ddpm's `fixed_small`/`fixed_large`/`learned` (None: learned iff the model has 2C channels);
+    clip_x0: None, `static` ([-1, 1]) or `dynamic` (Imagen's percentile thresholding) on every x0_hat;
+    generator: one CPU torch.Generator, or one per sample, for the noise of stochastic samplers;
+    final_sigma: `zero` ends at clean data, `sigma_min` at the level of t = 0 (diffusers'
+    final_sigmas_type, DDIM's set_alpha_to_one=False); init/strength: img2img, start from `init` noised
+    with `noise` at the grid point int(steps * strength) steps before the end.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
+    family = _FAMILIES[sampler]
+    if not isinstance(schedule, DiscreteSchedule):
+        raise ValueError(f"schedule must be a ddpm.schedules.DiscreteSchedule, got {type(schedule).__name__}")
+    if not isinstance(noise, Tensor) or not noise.is_floating_point() or noise.ndim < 2:
+        raise ValueError("noise must be a floating-point tensor [B, C, …] of standard-normal values")
+    if not callable(model):
+        raise ValueError("model must be callable as model(x_t, t, **cond)")
+    if prediction not in process.PREDICTIONS:
+        raise ValueError(f"unknown prediction {prediction!r}; choose one of {list(process.PREDICTIONS)}")
+    if eta != 0.0 and sampler != "ddim":
+        raise ValueError(f"eta applies to the ddim sampler only (got eta={eta} with {sampler!r})")
+    if variance is not None and sampler != "ddpm":
+        raise ValueError(
+            f"variance applies to the ddpm sampler only (got variance={variance!r} with {sampler!r})"
+        )
+    batch = noise.shape[0]
+    check_generators(generator, batch)
+    check_conditions(cond, uncond, batch)
+
+    grid = GRIDS[family.grid](
+        schedule, steps, spacing, steps_offset=steps_offset, karras=karras, final_sigma=final_sigma
+    )
+    grid, x = _start(grid, noise, init, strength, steps, family.sigma_space)
+    work = torch.float32 if noise.dtype in (torch.float16, torch.bfloat16) else noise.dtype
+    x = x.to(work)
+    model_fn = classifier_free_guidance(model, guidance_scale=guidance_scale, cond=cond, uncond=uncond)
+    denoiser = Denoiser(
+        model_fn, grid, prediction=prediction, clip_x0=clip_x0, like=x, model_dtype=noise.dtype
+    )
+    options: dict[str, Any] = {"progress": progress}
+    if family.stochastic or (sampler == "ddim" and eta > 0):
+        options["noise"] = noise_source(generator)
+    if sampler == "ddim":
+        options["eta"] = eta
+    if sampler == "ddpm":
+        options["variance"] = variance
+    x = SAMPLERS[sampler](denoiser, x, grid, **options)
+    denoiser.raise_if_not_finite()
+    return x.to(noise.dtype)

@@ -69,16 +69,23 @@ def test_demo_trains_samples_a_grid_and_reports(capsys, tmp_path, tiny_judge):
     assert json.loads((out / "metrics.json").read_text())["action"] == "train"
 
 
-def test_demo_resumes_an_interrupted_run(capsys, tmp_path, tiny_judge):
-    from ddpm import configs
-    from ddpm.config import load_config
-    from ddpm.training import train
+def test_demo_stops_when_training_is_interrupted_and_resumes_next_time(
+    capsys, tmp_path, tiny_judge, monkeypatch
+):
+    import ddpm.training
+
+    real_train = ddpm.training.train
+
+    def interrupted(config, **kwargs):  # what SIGTERM does: a checkpoint, then a normal return
+        return real_train(config, **kwargs, stop_after=2)
 
     out = tmp_path / "demo"
-    overrides = [TINY[i + 1] for i in range(0, TINY.index("--per-class"), 2)]
-    config = load_config(configs.path("demo"), overrides)
-    config.run.dir, config.run.name = str(tmp_path), "demo"
-    train(config, progress=False, stop_after=2)  # as if stopped at the step-2 checkpoint
+    monkeypatch.setattr(ddpm.training, "train", interrupted)
+    assert main(["demo", "--out", str(out), *TINY]) == 130
+    assert "training stopped at step 2 of 4; run the same command to resume" in capsys.readouterr().out
+    assert not (out / "samples.png").exists()
+
+    monkeypatch.setattr(ddpm.training, "train", real_train)
     assert main(["demo", "--out", str(out), *TINY]) == 0
     assert "resuming the demo model" in capsys.readouterr().out
     assert json.loads((out / "metrics.json").read_text())["action"] == "resume"

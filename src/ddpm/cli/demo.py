@@ -72,11 +72,15 @@ def _prepare_run(config: Any, run_dir: Path, *, retrain: bool) -> str:
         raise ValueError(f"{run_dir} holds a run with another config; pass --retrain to replace it")
     if not (run_dir / "latest").is_file():
         return "train"
+    return "reuse" if _trained_step(run_dir) >= config.train.steps else "resume"
+
+
+def _trained_step(run_dir: Path) -> int:
+    """The step of the run's latest complete checkpoint."""
     from ..io.model_file import read_model_meta
     from ..training.export import run_model_file
 
-    step = int((read_model_meta(run_model_file(run_dir)).get("training") or {}).get("step", 0))
-    return "reuse" if step >= config.train.steps else "resume"
+    return int((read_model_meta(run_model_file(run_dir)).get("training") or {}).get("step", 0))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,6 +108,10 @@ def run(args: argparse.Namespace) -> int:
             train(config, resume=run_dir if action == "resume" else None, progress=not args.quiet)
         except TrainingDiverged as error:
             raise UsageError(str(error)) from error
+        step = _trained_step(run_dir)
+        if step < config.train.steps:  # stopped by SIGTERM / Ctrl-C after saving a checkpoint
+            print(f"training stopped at step {step} of {config.train.steps}; run the same command to resume")
+            return 130
     t_train = time.perf_counter() - t0
 
     import torch

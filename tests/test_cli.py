@@ -236,3 +236,13 @@ def test_diverged_training_is_a_one_line_error(capsys, tmp_path):
     sets = [arg for s in blow_up + [f"run.dir={tmp_path}"] for arg in ("--set", s)]
     code, _, err = _run(capsys, "train", "--config", str(config), *sets, "--quiet")
     _assert_one_line_error(code, err, "train", "non-finite loss or gradient", "Lower train.lr")
+
+
+def test_example_configs_load():
+    from ddpm.config import load_config
+
+    files = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
+    assert {f.stem for f in files} >= {"digits", "faces", "my-images"}
+    for f in files:
+        config = load_config(f)
+        assert config.run.name == f.stem, f

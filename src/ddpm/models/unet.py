@@ -214,13 +214,14 @@ class UNetConfig:
         **overrides: Any,
     ) -> UNetConfig:
         """A small model for 16x16 / 32x32 CPU training: attention only at the lowest resolution (and in
-        the middle block), 4 heads of 16 channels, scale-shift norm; about 1.3M parameters by default."""
+        the middle block), 16-channel heads, scale-shift norm, channels_last (faster convolutions on CPU);
+        1.19M parameters for 1-channel 16x16 with 10 classes."""
         base = dict(
             in_channels=in_channels, out_channels=out_channels or in_channels, model_channels=model_channels,
             channel_mult=tuple(channel_mult), num_res_blocks=num_res_blocks,
             attention_resolutions=(2 ** (len(channel_mult) - 1),), num_heads=1, num_head_channels=16,
             use_scale_shift_norm=True, num_classes=num_classes, context_dim=context_dim,
-            norm_groups=8, dropout=0.0,
+            norm_groups=8, dropout=0.0, channels_last=True,
         )
         return cls.from_dict({**base, **overrides})
 

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .. import process
 from ..schedules import DiscreteSchedule
-from .denoiser import Denoise, NoiseFn, lin, step_range
+from .denoiser import Denoise, NoiseFn, step_range
 from .grid import Grid
 
 __all__ = ["VARIANCES", "ddpm", "respaced_schedule"]
@@ -63,7 +63,7 @@ def ddpm(
     for i in step_range(n, progress):
         j = n - 1 - i  # index in the respaced chain
         d = denoise(x, i)
-        mean = lin(coef_x0[j], d.x0, coef_xt[j], x)
+        mean = d.mix(x0=coef_x0[j], x_t=coef_xt[j])
         if j == 0:
             x = mean
             continue
@@ -76,8 +76,8 @@ def ddpm(
                 )
             frac = (d.variance + 1) / 2
             std = torch.exp(0.5 * (frac * log_beta[j] + (1 - frac) * log_var[j]))
-            x = mean + std * noise(x)
+            x = torch.addcmul(mean, std, noise(x))
         else:
             v = var[j] if kind == "fixed_small" else beta[j]
-            x = mean + noise(x) * v**0.5
+            x = torch.add(mean, noise(x), alpha=v**0.5)
     return x

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
-from .denoiser import Denoise, NoiseFn, lin, step_range
+from .denoiser import Denoise, NoiseFn, step_range
 from .grid import Grid
 
 __all__ = ["ddim"]
@@ -38,10 +39,9 @@ def ddim(
     for i in step_range(grid.num_steps, progress):
         a, a_next = ab[i], ab[i + 1]
         sigma = eta * math.sqrt((1 - a_next) / (1 - a) * (1 - a / a_next)) if eta > 0 else 0.0
-        d = denoise(x, i)
-        x = lin(math.sqrt(a_next), d.x0, math.sqrt(max(1 - a_next - sigma**2, 0.0)), d.eps)
+        x = denoise(x, i).mix(x0=math.sqrt(a_next), eps=math.sqrt(max(1 - a_next - sigma**2, 0.0)))
         if sigma > 0:
             if noise is None:
                 raise ValueError("ddim with eta > 0 needs a noise source")
-            x = x + noise(x) * sigma
+            x = torch.add(x, noise(x), alpha=sigma)
     return x

@@ -48,19 +48,54 @@ class AlphaBars(NamedTuple):
     alphas_cumprod: Tensor
 
 
-class Denoised(NamedTuple):
-    x0: Tensor
-    eps: Tensor
-    variance: Tensor | None
-
-
 def lin(a: float, x: Tensor, b: float, y: Tensor) -> Tensor:
     """a x + b y, skipping the exact zeros and ones (so eps models return their eps untouched)."""
     if a == 0.0:
         return y if b == 1.0 else y * b
     if b == 0.0:
         return x if a == 1.0 else x * a
-    return torch.add(x * a, y, alpha=b)
+    return (x * a).add_(y, alpha=b)
+
+
+class Denoised:
+    """The denoiser's reading of one model output at one grid point: x0_hat and eps_hat (computed on first
+    use), any affine mix a x_t + b x0_hat + c eps_hat in one pass, and the learned-variance v or None."""
+
+    __slots__ = ("x_t", "output", "variance", "_coef", "_clip", "_x0", "_eps")
+
+    def __init__(
+        self, x_t: Tensor, output: Tensor, variance: Tensor | None, coef: tuple[float, ...], clip: str | None
+    ) -> None:
+        self.x_t, self.output, self.variance = x_t, output, variance
+        self._coef, self._clip = coef, clip
+        self._x0: Tensor | None = None
+        self._eps: Tensor | None = None
+
+    @property
+    def x0(self) -> Tensor:
+        if self._x0 is None:
+            x0 = lin(self._coef[0], self.x_t, self._coef[1], self.output)
+            if self._clip is not None:
+                x0 = x0.clamp(-1, 1) if self._clip == "static" else dynamic_threshold(x0)
+            self._x0 = x0
+        return self._x0
+
+    @property
+    def eps(self) -> Tensor:
+        if self._eps is None:
+            c = self._coef
+            if self._clip is None:
+                self._eps = lin(c[2], self.x_t, c[3], self.output)
+            else:  # eps consistent with the clipped x0 (improved-diffusion's choice)
+                self._eps = lin(c[4], self.x_t, c[5], self.x0)
+        return self._eps
+
+    def mix(self, *, x_t: float = 0.0, x0: float = 0.0, eps: float = 0.0) -> Tensor:
+        """x_t * `x_t` + x0_hat * `x0` + eps_hat * `eps`, written as two terms (both readings are affine)."""
+        c = self._coef
+        if self._clip is None:
+            return lin(x_t + x0 * c[0] + eps * c[2], self.x_t, x0 * c[1] + eps * c[3], self.output)
+        return lin(x_t + eps * c[4], self.x_t, x0 + eps * c[5], self.x0)
 
 
 def dynamic_threshold(x0: Tensor, percentile: float = 0.995) -> Tensor:
@@ -113,16 +148,14 @@ class Denoiser:
         self.clip_x0 = clip_x0
         self.model_dtype = model_dtype
         self.channels = like.shape[1]
-        (self.x0_x, self.x0_o, self.eps_x, self.eps_o, self.clip_x, self.clip_0) = _coefficients(
-            ab, prediction
-        )
+        self.coef = list(zip(*_coefficients(ab, prediction)))
         B = like.shape[0]
         t = torch.cat([grid.timesteps, grid.timesteps.new_zeros(1)]).to(like.device)  # terminal: t = 0
         self.t = t.repeat_interleave(B).view(-1, B).unbind(0)
         self.checks: list[tuple[int, Tensor]] = []
 
     def __call__(self, x_t: Tensor, i: int) -> Denoised:
-        """(x0_hat, eps_hat, learned-variance v or None) at grid point `i` for the VP sample `x_t`."""
+        """The model's reading at grid point `i` for the VP sample `x_t` `[B, C, …]`."""
         out = self.model_fn(x_t.to(self.model_dtype), self.t[i])
         C = self.channels
         if out.shape[0] != x_t.shape[0] or out.shape[2:] != x_t.shape[2:] or out.shape[1] not in (C, 2 * C):
@@ -135,11 +168,7 @@ class Denoiser:
         variance = None
         if out.shape[1] == 2 * C:
             out, variance = out[:, :C], out[:, C:]
-        x0 = lin(self.x0_x[i], x_t, self.x0_o[i], out)
-        if self.clip_x0 is None:
-            return Denoised(x0, lin(self.eps_x[i], x_t, self.eps_o[i], out), variance)
-        x0 = x0.clamp(-1, 1) if self.clip_x0 == "static" else dynamic_threshold(x0)
-        return Denoised(x0, lin(self.clip_x[i], x_t, self.clip_0[i], x0), variance)
+        return Denoised(x_t, out, variance, self.coef[i], self.clip_x0)
 
     def raise_if_not_finite(self) -> None:
         """ValueError naming the first step whose model output held a NaN or inf (one device sync per run)."""

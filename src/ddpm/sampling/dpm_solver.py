@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
-from .denoiser import Denoise, NoiseFn, lin, step_range
+from .denoiser import Denoise, NoiseFn, step_range
 from .grid import Grid
 
 __all__ = ["dpmpp_2m"]
@@ -45,16 +46,15 @@ def dpmpp_2m(
     lam = [-math.log(s) if s > 0 else math.inf for s in sig]
     d_prev, h_prev = None, 0.0
     for i in step_range(n, progress):
-        d = denoise(x, i).x0
+        d = denoise(x, i)
         h = lam[i + 1] - lam[i]
         ratio = sig_vp[i + 1] / sig_vp[i]
         phi = -alpha[i + 1] * math.expm1(-h)  # alpha' (1 - e^{-h})
         first_order = d_prev is None or (i == n - 1 and (sig[n] == 0 or n < 15))
         if first_order:
-            d_hat = d
+            x = d.mix(x_t=ratio, x0=phi)
         else:
-            r = h_prev / h
-            d_hat = lin(1 + 0.5 / r, d, -0.5 / r, d_prev)
-        x = lin(ratio, x, phi, d_hat)
-        d_prev, h_prev = d, h
+            r = h_prev / h  # x' = ratio x + phi ((1 + 1/(2r)) D_i - 1/(2r) D_{i-1})
+            x = torch.add(d.mix(x_t=ratio, x0=phi * (1 + 0.5 / r)), d_prev, alpha=-phi * 0.5 / r)
+        d_prev, h_prev = d.x0, h
     return x

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
-from .denoiser import Denoise, NoiseFn, lin, step_range
+from .denoiser import Denoise, NoiseFn, step_range
 from .grid import Grid
 
 __all__ = ["euler", "euler_a", "heun"]
@@ -44,9 +45,8 @@ def euler(
     the correction), evaluated as (sigma'/sigma) x + (1 - sigma'/sigma) D, which has no cancellation."""
     sig, c_in = _levels(grid)
     for i in step_range(grid.num_steps, progress):
-        d = denoise(x * c_in[i], i)
         r = sig[i + 1] / sig[i]
-        x = lin(r, x, 1 - r, d.x0)
+        x = denoise(x * c_in[i], i).mix(x_t=r / c_in[i], x0=1 - r)  # r x + (1 - r) D
     return x
 
 
@@ -68,11 +68,10 @@ def euler_a(
         s, s_next = sig[i], sig[i + 1]
         sigma_up = math.sqrt(s_next**2 * (s**2 - s_next**2) / s**2)
         sigma_down = math.sqrt(s_next**2 - sigma_up**2)
-        d = denoise(x * c_in[i], i)
         r = sigma_down / s
-        x = lin(r, x, 1 - r, d.x0)
+        x = denoise(x * c_in[i], i).mix(x_t=r / c_in[i], x0=1 - r)
         if sigma_up > 0:
-            x = x + noise(x) * sigma_up
+            x = torch.add(x, noise(x), alpha=sigma_up)
     return x
 
 
@@ -91,12 +90,12 @@ def heun(
         s, s_next = sig[i], sig[i + 1]
         d = denoise(x * c_in[i], i)
         r = s_next / s
-        x_euler = lin(r, x, 1 - r, d.x0)
+        x_euler = d.mix(x_t=r / c_in[i], x0=1 - r)
         if s_next == 0:
             x = x_euler
             continue
-        slope = (x - d.x0) / s
+        # x' = x + (s' - s)/2 (slope + slope'), slope = (x - D)/s, slope' = (x_euler - D')/s'
+        h1, h2 = (s_next - s) / (2 * s), (s_next - s) / (2 * s_next)
         d2 = denoise(x_euler * c_in[i + 1], i + 1)
-        slope2 = (x_euler - d2.x0) / s_next
-        x = lin(1.0, x, (s_next - s) / 2, slope + slope2)
+        x = torch.add(d.mix(x_t=(1 + h1) / c_in[i], x0=-h1), d2.mix(x_t=h2 / c_in[i + 1], x0=-h2))
     return x

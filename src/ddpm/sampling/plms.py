@@ -43,21 +43,33 @@ def plms(
         a, p = ab[i], ab[i + 1]
         coef.append((math.sqrt(p / a), -(p - a) / (a * math.sqrt(1 - p) + math.sqrt(a * p * (1 - a)))))
 
-    history: list[Tensor] = []
+    history: list[Tensor] = []  # eps at the previous grid points, newest last
     for i in step_range(n, progress):
+        a, b = coef[i]  # x' = a x + b e'
         e = denoise(x, i).eps
-        if not history:
-            if n > 1:
-                x_euler = lin(coef[i][0], x, coef[i][1], e)
-                e_prime = (e + denoise(x_euler, i + 1).eps) / 2
-            else:
-                e_prime = e
-        elif len(history) == 1:
-            e_prime = (3 * e - history[-1]) / 2
-        elif len(history) == 2:
-            e_prime = (23 * e - 16 * history[-1] + 5 * history[-2]) / 12
+        if not history and n > 1:  # e' = (e_0 + eps(x_euler)) / 2, x_euler = phi(x, e_0, 0)
+            e_mid = denoise(lin(a, x, b, e), i + 1).eps
+            terms = [(b / 2, e), (b / 2, e_mid)]
         else:
-            e_prime = (55 * e - 59 * history[-1] + 37 * history[-2] - 9 * history[-3]) / 24
+            weights = _ADAMS_BASHFORTH[len(history)]
+            terms = [(b * w, eps) for w, eps in zip(weights, [e, *reversed(history)])]
         history = history[-2:] + [e]
-        x = lin(coef[i][0], x, coef[i][1], e_prime)
+        x = _combine(a, x, terms)
     return x
+
+
+# e' = sum_k w_k e_{i-k} (Eq. 12), by the number of earlier eps available
+_ADAMS_BASHFORTH = {
+    0: (1.0,),
+    1: (3 / 2, -1 / 2),
+    2: (23 / 12, -16 / 12, 5 / 12),
+    3: (55 / 24, -59 / 24, 37 / 24, -9 / 24),
+}
+
+
+def _combine(a: float, x: Tensor, terms: list[tuple[float, Tensor]]) -> Tensor:
+    """a x + sum_k c_k t_k, accumulated in place into one fresh tensor."""
+    out = x * a
+    for c, t in terms:
+        out.add_(t, alpha=c)
+    return out

@@ -291,5 +291,7 @@ def test_bad_model_or_noise():
         ddpm.sample(model, torch.zeros(SHAPE, dtype=torch.long), schedule=SCHEDULE)
     with pytest.raises(ValueError, match="expected the input's shape with 2 channels, or 4"):
         ddpm.sample(lambda x, t: x[:, :1], torch.randn(SHAPE), schedule=SCHEDULE)
+    with pytest.raises(ValueError, match="not a tensor; wrap it"):
+        ddpm.sample(lambda x, t: (x,), torch.randn(SHAPE), schedule=SCHEDULE)
     with pytest.raises(ValueError, match="model must be callable"):
         ddpm.sample(None, torch.randn(SHAPE), schedule=SCHEDULE)

@@ -157,6 +157,11 @@ class Denoiser:
     def __call__(self, x_t: Tensor, i: int) -> Denoised:
         """The model's reading at grid point `i` for the VP sample `x_t` `[B, C, …]`."""
         out = self.model_fn(x_t.to(self.model_dtype), self.t[i])
+        if not isinstance(out, Tensor):
+            raise ValueError(
+                f"the model returned {type(out).__name__}, not a tensor; wrap it to return the prediction, "
+                "e.g. lambda x, t, **c: unet(x, t, **c).sample"
+            )
         C = self.channels
         if out.shape[0] != x_t.shape[0] or out.shape[2:] != x_t.shape[2:] or out.shape[1] not in (C, 2 * C):
             raise ValueError(

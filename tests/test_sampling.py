@@ -274,6 +274,7 @@ BAD_INPUTS = [
     (dict(init=torch.zeros(2, 2, 4, 4)), "init has shape \\(2, 2, 4, 4\\) but noise has \\(8, 2, 4, 4\\)"),
     (dict(init=torch.zeros(SHAPE), strength=0.01), "leaves no step out of 20"),
     (dict(init=torch.zeros(SHAPE), strength=1.5), "strength must lie in \\(0, 1\\]"),
+    (dict(strength=0.5), "strength=0.5 needs init="),
     (dict(schedule="linear"), "schedule must be a ddpm.schedules.DiscreteSchedule"),
     (dict(steps=1000, spacing="leading", steps_offset=1), "repeats a noise level"),
 ]

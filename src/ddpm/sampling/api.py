@@ -55,6 +55,8 @@ def _start(
 ) -> tuple[Grid, Tensor]:
     """The grid from the starting point on and the sampler's initial state (VP, or VE for sigma samplers)."""
     if init is None:
+        if strength != 1.0:
+            raise ValueError(f"strength={strength} needs init=, the image to start from (img2img)")
         return grid, noise * grid.init_sigma if sigma_space else noise
     if tuple(init.shape) != tuple(noise.shape):
         raise ValueError(
@@ -134,9 +136,9 @@ def sample(
     grid = GRIDS[family.grid](
         schedule, steps, spacing, steps_offset=steps_offset, karras=karras, final_sigma=final_sigma
     )
-    grid, x = _start(grid, noise, init, strength, steps, family.sigma_space)
+    # the sampler's state stays in float32 for half-precision noise (x in sigma space reaches sigma_max |z|)
     work = torch.float32 if noise.dtype in (torch.float16, torch.bfloat16) else noise.dtype
-    x = x.to(work)
+    grid, x = _start(grid, noise.to(work), init, strength, steps, family.sigma_space)
     model_fn = classifier_free_guidance(model, guidance_scale=guidance_scale, cond=cond, uncond=uncond)
     denoiser = Denoiser(
         model_fn, grid, prediction=prediction, clip_x0=clip_x0, like=x, model_dtype=noise.dtype

@@ -1,0 +1,414 @@
+"""Stable Diffusion 1.x checkpoints into our modules and back: the original single file (`.ckpt` or
+`.safetensors`) and the diffusers folder (`model_index.json`, `unet/`, `vae/`, `text_encoder/`,
+`tokenizer/`, `scheduler/`). The format is found by content (`ddpm.io.checkpoint`); layouts and the
+reading of configs from shapes live in `ddpm.io.sd_layout`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save as safetensors_bytes
+from torch import Tensor, nn
+
+from ..models.autoencoder import AutoencoderKL, AutoencoderKLConfig
+from ..models.autoencoder_convert import (
+    vae_config_from_diffusers,
+    vae_config_to_diffusers,
+    vae_from_diffusers,
+    vae_to_diffusers,
+)
+from ..models.text_encoder import CLIPTextConfig, CLIPTextModel
+from ..models.unet import UNet, UNetConfig
+from ..models.unet_convert import diffusers_unet_state_dict, unet_config_from_diffusers
+from ..text.clip_tokenizer import CLIPTokenizer
+from .checkpoint import detect_format, load_state_dict, read_safetensors_header
+from .model_file import atomic_write_bytes, file_hash
+from .sd_layout import (
+    SD2_CONTEXT,
+    TEXT_PREFIX,
+    UNET_PREFIX,
+    VAE_PREFIX,
+    SchedulerConfig,
+    ema_key,
+    foreign_checkpoint_cause,
+    infer_text_config,
+    infer_unet_config,
+    infer_vae_config,
+    mismatch_error,
+    unet_config_to_diffusers,
+    unet_to_diffusers,
+)
+
+__all__ = [
+    "StableDiffusionModels",
+    "load_stable_diffusion",
+    "single_file_state_dict",
+    "save_single_file",
+    "save_diffusers_folder",
+]
+
+SCHEDULER_META_KEY = "ddpm.scheduler"
+_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionInpaintPipeline", "StableDiffusionImg2ImgPipeline")
+_UNET_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
+               "diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.bin")
+_TEXT_FILES = ("model.safetensors", "model.fp16.safetensors", "pytorch_model.bin", "pytorch_model.fp16.bin")
+
+
+@dataclass
+class StableDiffusionModels:
+    """The parts of a Stable Diffusion 1.x model, as our modules, with the settings they came with."""
+
+    unet: UNet
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: SchedulerConfig
+    source_format: str  # "single_file" or "diffusers_folder"
+    model_hash: str  # sha256 prefix: of the file, or of the folder's weight files
+
+    @property
+    def unet_config(self) -> UNetConfig:
+        return self.unet.config
+
+    @property
+    def vae_config(self) -> AutoencoderKLConfig:
+        return self.vae.config
+
+    @property
+    def text_config(self) -> CLIPTextConfig:
+        return self.text_encoder.config
+
+
+# -------------------------------------------------------------------------------------------- loading
+def load_stable_diffusion(
+    path: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    prefer_ema: bool = True,
+    prediction: str | None = None,
+    unet_config: UNetConfig | None = None,
+    vae_config: AutoencoderKLConfig | None = None,
+    text_config: CLIPTextConfig | None = None,
+    nonfinite: str = "warn",
+) -> StableDiffusionModels:
+    """An SD 1.x model from a single file or a diffusers folder, found by content.
+
+    `dtype` (default float32) is what the weights are cast to, whatever the file stores (often fp16).
+    `prediction` ("eps", "v", "x0") overrides the scheduler's, since weights cannot show it. The configs
+    default to what the file says (folder) or its tensor shapes show (single file).
+    """
+    path = Path(path)
+    dtype = torch.float32 if dtype is None else dtype
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+    if path.is_dir():
+        models = _load_folder(path, dtype=dtype, device=device, nonfinite=nonfinite,
+                              configs=(unet_config, vae_config, text_config))
+    elif path.is_file():
+        models = _load_single_file(path, dtype=dtype, device=device, prefer_ema=prefer_ema,
+                                   nonfinite=nonfinite, configs=(unet_config, vae_config, text_config))
+    else:
+        raise FileNotFoundError(f"{str(path)!r} is neither a checkpoint file nor a diffusers folder")
+    if prediction is not None:
+        models.scheduler = SchedulerConfig.from_dict({**models.scheduler.to_dict(), "prediction": prediction})
+    return models
+
+
+def _load_single_file(
+    path: Path, *, dtype: torch.dtype, device: str | torch.device, prefer_ema: bool, nonfinite: str,
+    configs: tuple[Any, Any, Any],
+) -> StableDiffusionModels:
+    raw = load_state_dict(path, nonfinite=nonfinite)
+    cause = foreign_checkpoint_cause(list(raw))
+    if cause is not None:
+        raise ValueError(f"{path} is not a Stable Diffusion 1.x checkpoint: {cause}")
+    unet_sd = _strip(raw, UNET_PREFIX)
+    if prefer_ema:
+        unet_sd = _ema_weights(unet_sd, raw, source=str(path))
+    vae_sd = {k: v for k, v in _strip(raw, VAE_PREFIX).items() if not k.startswith("loss.")}
+    text_sd = _text_keys(_strip(raw, TEXT_PREFIX))
+    source = str(path)
+    for component, sd, prefix in (("VAE", vae_sd, VAE_PREFIX), ("text encoder", text_sd, TEXT_PREFIX)):
+        if not sd:
+            raise ValueError(f"{source}: the {component} is missing from this checkpoint (no `{prefix}*` "
+                             "keys). Use a full SD 1.x checkpoint or a diffusers folder.")
+    unet_config, vae_config, text_config = configs
+    unet_config = unet_config or _infer(infer_unet_config, unet_sd, "UNet", source)
+    vae_config = vae_config or _infer(infer_vae_config, vae_sd, "VAE", source)
+    text_config = text_config or _infer(infer_text_config, text_sd, "text encoder", source)
+    scheduler = SchedulerConfig()
+    if detect_format(path) == "safetensors":
+        meta = read_safetensors_header(path).get("__metadata__") or {}
+        if SCHEDULER_META_KEY in meta:
+            scheduler = SchedulerConfig.from_dict(json.loads(meta[SCHEDULER_META_KEY]))
+    kw = dict(dtype=dtype, device=device, source=source)
+    return StableDiffusionModels(
+        unet=_build(UNet, unet_config, unet_sd, "UNet", **kw),
+        vae=_build(AutoencoderKL, vae_config, _vae_linear_to_conv(vae_sd), "VAE", **kw),
+        text_encoder=_build(CLIPTextModel, text_config, text_sd, "text encoder", **kw),
+        tokenizer=CLIPTokenizer.from_bpe_file(),
+        scheduler=scheduler,
+        source_format="single_file",
+        model_hash=file_hash(path),
+    )
+
+
+def _load_folder(
+    root: Path, *, dtype: torch.dtype, device: str | torch.device, nonfinite: str,
+    configs: tuple[Any, Any, Any],
+) -> StableDiffusionModels:
+    index_file = root / "model_index.json"
+    if not index_file.is_file():
+        raise FileNotFoundError(f"{root} is not a diffusers folder: it has no model_index.json")
+    index = _read_json(index_file)
+    pipeline = index.get("_class_name", "")
+    if "XL" in pipeline or "text_encoder_2" in index:
+        raise ValueError(f"{root} is an SDXL pipeline ({pipeline}), which is not supported yet")
+    if pipeline not in _PIPELINES:
+        raise ValueError(f"{root} holds a {pipeline or 'unknown'} pipeline; supported: {list(_PIPELINES)}")
+    for part in ("unet", "vae", "text_encoder"):
+        if not (root / part / "config.json").is_file():
+            raise FileNotFoundError(f"{root} lacks {part}/config.json: the {part} component is missing")
+    source = str(root)
+    unet_cfg_json = _read_json(root / "unet" / "config.json")
+    if unet_cfg_json.get("cross_attention_dim") == SD2_CONTEXT:
+        raise ValueError(f"{root}: cross-attention width {SD2_CONTEXT}: this is an SD 2.x checkpoint, "
+                         "which is not supported yet")
+    unet_config, vae_config, text_config = configs
+    unet_config = unet_config or unet_config_from_diffusers(unet_cfg_json)
+    vae_config = vae_config or vae_config_from_diffusers(_read_json(root / "vae" / "config.json"))
+    text_json = _read_json(root / "text_encoder" / "config.json")
+    text_config = text_config or CLIPTextConfig.from_transformers(text_json)
+    files = [_weights_file(root / "unet", _UNET_FILES), _weights_file(root / "vae", _UNET_FILES),
+             _weights_file(root / "text_encoder", _TEXT_FILES)]
+    unet_raw, vae_raw, text_raw = (load_state_dict(f, nonfinite=nonfinite) for f in files)
+    unet_sd = _convert(diffusers_unet_state_dict, unet_raw, unet_config, "UNet", files[0])
+    vae_sd = _convert(lambda sd, _: vae_from_diffusers(sd), vae_raw, vae_config, "VAE", files[1])
+    text_sd = _text_keys(text_raw)
+    if (root / "tokenizer" / "vocab.json").is_file():
+        tokenizer = CLIPTokenizer.from_folder(root / "tokenizer")
+    else:
+        warnings.warn(f"{root} has no tokenizer/ folder; using CLIP's packaged vocabulary", stacklevel=3)
+        tokenizer = CLIPTokenizer.from_bpe_file()
+    scheduler_file = root / "scheduler" / "scheduler_config.json"
+    scheduler = SchedulerConfig.from_diffusers(_read_json(scheduler_file)) if scheduler_file.is_file() \
+        else SchedulerConfig()
+    digest = hashlib.sha256("".join(file_hash(f, full=True) for f in files).encode()).hexdigest()[:10]
+    kw = dict(dtype=dtype, device=device, source=source)
+    return StableDiffusionModels(
+        unet=_build(UNet, unet_config, unet_sd, "UNet", **kw),
+        vae=_build(AutoencoderKL, vae_config, _vae_linear_to_conv(vae_sd), "VAE", **kw),
+        text_encoder=_build(CLIPTextModel, text_config, text_sd, "text encoder", **kw),
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        source_format="diffusers_folder",
+        model_hash=digest,
+    )
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def _strip(sd: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    n = len(prefix)
+    return {k[n:]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def _ema_weights(unet_sd: dict[str, Tensor], raw: Mapping[str, Tensor], *, source: str) -> dict[str, Tensor]:
+    """The UNet's EMA weights (`model_ema.diffusion_model…`, dots removed) if the file has all of them."""
+    names = {k: ema_key(k) for k in unet_sd}
+    present = [k for k, e in names.items() if e in raw]
+    if not present:
+        return unet_sd
+    if len(present) < len(names):
+        warnings.warn(f"{source} has EMA weights for only {len(present)} of {len(names)} UNet tensors; "
+                      "using the non-EMA weights", RuntimeWarning, stacklevel=4)
+        return unet_sd
+    return {k: raw[names[k]] for k in unet_sd}
+
+
+def _text_keys(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Text-encoder keys with the `text_model.` level (older writers omit it), without `position_ids`."""
+    out = {}
+    for k, v in sd.items():
+        key = k if k.startswith("text_model.") else "text_model." + k
+        if key != "text_model.embeddings.position_ids":
+            out[key] = v
+    return out
+
+
+def _vae_linear_to_conv(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Some single files store the VAE attention projections as Linear `[C, C]`; ours are 1x1 convs."""
+    return {k: v[:, :, None, None] if ".attn_1." in k and k.split(".")[-2] != "norm" and v.ndim == 2 else v
+            for k, v in sd.items()}
+
+
+def _infer(fn: Any, sd: Mapping[str, Tensor], component: str, source: str) -> Any:
+    try:
+        return fn(sd)
+    except (ValueError, KeyError, StopIteration) as e:
+        detail = str(e) if isinstance(e, ValueError) else f"no {e} key"
+        raise ValueError(f"{source}: cannot read the {component} config from its weights: {detail}") from e
+
+
+def _convert(fn: Any, sd: Mapping[str, Tensor], config: Any, component: str, file: Path) -> dict[str, Tensor]:
+    try:
+        return fn(sd, config)
+    except ValueError as e:
+        raise ValueError(f"{file}: the {component} weights do not fit its config.json: {e}") from e
+
+
+def _build(
+    cls: type[nn.Module], config: Any, sd: Mapping[str, Tensor], component: str, *, dtype: torch.dtype,
+    device: str | torch.device, source: str,
+) -> Any:
+    """`cls(config)` holding `sd`, after one key/shape comparison that explains any mismatch."""
+    with torch.device("meta"):
+        module = cls(config)
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in sd.items()}
+    error = mismatch_error(component, expected, found, source=source)
+    if error is not None:
+        raise error
+    module.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()},
+                           strict=True, assign=True)
+    return module.to(device=device, dtype=dtype).eval()
+
+
+def _weights_file(folder: Path, names: tuple[str, ...]) -> Path:
+    """The first of `names` present in `folder` (safetensors before .bin)."""
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"{folder} holds no weights; expected one of {list(names)}")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} should hold a JSON object")
+    return data
+
+
+# -------------------------------------------------------------------------------------------- writing
+def single_file_state_dict(unet: UNet, vae: AutoencoderKL, text_encoder: CLIPTextModel) -> dict[str, Tensor]:
+    """The SD 1.x single-file layout of the three modules' weights (works on the meta device too)."""
+    out = {UNET_PREFIX + k: v for k, v in unet.state_dict().items()}
+    out.update({VAE_PREFIX + k: v for k, v in vae.state_dict().items()})
+    out.update({TEXT_PREFIX + k: v for k, v in text_encoder.state_dict().items()})
+    return out
+
+
+def save_single_file(
+    models: StableDiffusionModels, path: str | Path, *, dtype: torch.dtype | None = None
+) -> Path:
+    """Write `models` as one SD 1.x `.safetensors` single file (scheduler settings in its metadata)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"single files are written as .safetensors; got {str(path)!r}")
+    tensors = _plain(single_file_state_dict(models.unet, models.vae, models.text_encoder), dtype)
+    meta = {"format": "pt", SCHEDULER_META_KEY: json.dumps(models.scheduler.to_dict(), sort_keys=True)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, _safetensors_bytes(tensors, meta))
+    return path
+
+
+def save_diffusers_folder(
+    models: StableDiffusionModels, path: str | Path, *, dtype: torch.dtype | None = None
+) -> Path:
+    """Write `models` as a diffusers `StableDiffusionPipeline` folder (safetensors weights, JSON configs)."""
+    root = Path(path)
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"{str(root)!r} exists and is not a folder")
+    unet_sd = unet_to_diffusers(models.unet.state_dict(), models.unet.config)
+    vae_sd = vae_to_diffusers(models.vae.state_dict())
+    parts: dict[str, tuple[str, dict[str, Any], dict[str, Tensor]]] = {
+        "unet": ("diffusion_pytorch_model.safetensors", unet_config_to_diffusers(models.unet.config),
+                 unet_sd),
+        "vae": ("diffusion_pytorch_model.safetensors", vae_config_to_diffusers(models.vae.config), vae_sd),
+        "text_encoder": ("model.safetensors",
+                         {"architectures": ["CLIPTextModel"], **models.text_encoder.config.to_transformers()},
+                         dict(models.text_encoder.state_dict())),
+    }
+    for name, (weights, config, sd) in parts.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(folder / weights, _safetensors_bytes(_plain(sd, dtype), {"format": "pt"}))
+        _write_json(folder / "config.json", config)
+    _write_tokenizer(models.tokenizer, root / "tokenizer")
+    _write_json(root / "scheduler" / "scheduler_config.json", models.scheduler.to_diffusers())
+    _write_json(root / "model_index.json", {
+        "_class_name": "StableDiffusionPipeline" if models.unet.config.in_channels == 4
+        else "StableDiffusionInpaintPipeline",
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", models.scheduler.to_diffusers()["_class_name"]],
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+    })
+    return root
+
+
+def _safetensors_bytes(tensors: Mapping[str, Tensor], metadata: dict[str, str]) -> bytes:
+    """safetensors bytes with the metadata in sorted order (safetensors writes it in hash order, so two
+    writes of the same tensors would otherwise differ byte for byte)."""
+    data = safetensors_bytes(dict(tensors), metadata=metadata)
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # tensor data starts 8-byte aligned
+    return struct.pack("<Q", len(text)) + text + data[8 + n :]
+
+
+def _plain(sd: Mapping[str, Tensor], dtype: torch.dtype | None) -> dict[str, Tensor]:
+    """CPU, contiguous, storage-independent tensors (safetensors refuses shared storage)."""
+    out = {}
+    for k, v in sd.items():
+        v = v.detach().to("cpu")
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        out[k] = v.contiguous().clone()
+    return out
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def _write_tokenizer(tokenizer: CLIPTokenizer, folder: Path) -> None:
+    """vocab.json, merges.txt and the special-token configs (as CLIPTokenizer.from_folder reads them)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = dict(sorted(tokenizer.encoder.items(), key=lambda item: item[1]))
+    atomic_write_bytes(folder / "vocab.json", json.dumps(vocab, ensure_ascii=False).encode("utf-8"))
+    merges = sorted(tokenizer.bpe.ranks.items(), key=lambda item: item[1])
+    text = "#version: 0.2\n" + "".join(f"{a} {b}\n" for (a, b), _ in merges)
+    atomic_write_bytes(folder / "merges.txt", text.encode("utf-8"))
+
+    def entry(token: str) -> dict[str, Any]:
+        return {"content": token, "lstrip": False, "normalized": tokenizer.specials.get(token, False),
+                "rstrip": False, "single_word": False}
+
+    roles = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token,
+             "pad_token": tokenizer.pad_token, "unk_token": tokenizer.unk_token}
+    _write_json(folder / "special_tokens_map.json", {role: entry(t) for role, t in roles.items()})
+    _write_json(folder / "tokenizer_config.json", {
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": tokenizer.model_max_length,
+        "do_lower_case": True, "errors": "replace", "add_prefix_space": False,
+        **{role: entry(t) for role, t in roles.items()},
+    })

@@ -26,9 +26,9 @@ MIX_STD = math.sqrt(0.3**2 + 0.6**2 - MIX_MEAN**2)
 # The step count at which each sampler reaches 2% on both test distributions (linear schedule, trailing
 # grid). Measured errors of the std at these counts (Gaussian | mixture): ddpm -0.0% | +0.1%,
 # ddim -1.0% | -1.0%, plms +0.1% | -0.3%, euler -1.0% | -1.0%, euler_a -0.4% | -0.7%,
-# heun -0.3% | -1.5%, dpmpp_2m +0.4% | -0.7%. First-order samplers need many more steps than the folklore
-# 50: ddim/euler at 50 steps are -3.7% | -3.9%; dpmpp_2m at 20 is +0.1% | -1.7%.
-RECOMMENDED = dict(ddpm=1000, ddim=200, plms=20, euler=200, euler_a=500, heun=25, dpmpp_2m=25)
+# heun -0.3% | -1.5%, dpmpp_2m +0.1% | -1.7%. First-order samplers need many more steps than the folklore
+# 50: ddim/euler at 50 steps are -3.7% | -3.9% (at 100: -1.9% | -2.0%).
+RECOMMENDED = dict(ddpm=1000, ddim=200, plms=20, euler=200, euler_a=500, heun=25, dpmpp_2m=20)
 GRIDS = dict(ddim=discrete_grid, plms=discrete_grid, euler=sigma_grid, heun=sigma_grid, dpmpp_2m=dpm_grid)
 
 

@@ -119,6 +119,9 @@ def read_safetensors_header(path: str | Path) -> dict[str, Any]:
     if end > data:
         raise ValueError(f"{path}: the header places tensor data up to byte {end} but the file holds {data} "
                          "bytes of data; the file is truncated: download it again")
+    if end < data:
+        raise ValueError(f"{path}: {data - end} bytes follow the last tensor; the file is damaged or was "
+                         "appended to: download it again")
     return header
 
 
@@ -171,9 +174,12 @@ def _load_safetensors(path: Path, device: str | torch.device) -> dict[str, Tenso
     read_safetensors_header(path)
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types (SafetensorError) on bad files
         raise ValueError(f"{path} is a damaged .safetensors file ({e}); download it again") from e
+    if not tensors:
+        raise ValueError(f"{path} holds no tensors; it is not a weights file")
+    return tensors
 
 
 def _load_pickled(path: Path, fmt: str, *, mmap: bool) -> Any:
@@ -188,8 +194,7 @@ def _load_pickled(path: Path, fmt: str, *, mmap: bool) -> Any:
     for _ in range(32):  # legacy pickles name one refused global per attempt
         try:
             with torch.serialization.safe_globals([(cls, name) for name, cls in allowed.items()]):
-                return torch.load(path, map_location="cpu", weights_only=True,
-                                  mmap=mmap and fmt == "torch_zip")
+                return _torch_load(path, mmap=mmap and fmt == "torch_zip")
         except pickle.UnpicklingError as e:
             if "Weights only load failed" not in str(e):
                 raise _damaged(path, e) from e
@@ -204,6 +209,15 @@ def _load_pickled(path: Path, fmt: str, *, mmap: bool) -> Any:
         except (RuntimeError, EOFError, ValueError, OSError, struct.error, IndexError, KeyError) as e:
             raise _damaged(path, e) from e
     raise UnsafeCheckpointError(f"{path} references too many foreign objects to load; {_HOW_TO_CONVERT}")
+
+
+def _torch_load(path: Path, *, mmap: bool) -> Any:
+    """torch.load(weights_only=True) of `path`; through a file object where the name ends in .safetensors,
+    since torch.load would then hand the file to safetensors by its name, not its content."""
+    if path.suffix == ".safetensors":
+        with open(path, "rb") as f:
+            return torch.load(f, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def _allow(names: list[str], allowed: dict[str, type], path: Path) -> None:

@@ -354,6 +354,20 @@ def test_diffusers_sd_configs_translate_to_our_presets():
         unet_config_from_diffusers({**sd15, "up_block_types": ["UpBlock2D"] * 4})
 
 
+def test_full_size_sd15_diffusers_layout_maps_onto_ours():
+    from diffusers import UNet2DConditionModel
+
+    from ddpm.models.unet_convert import diffusers_unet_state_dict, unet_config_from_diffusers
+
+    with torch.device("meta"):
+        ref = UNet2DConditionModel(cross_attention_dim=768)  # the SD 1.x architecture, on no memory
+        ours = UNet(UNetConfig.sd15())
+    cfg = unet_config_from_diffusers(ref.config)
+    assert cfg == UNetConfig.sd15()
+    mapped = {k: tuple(v.shape) for k, v in diffusers_unet_state_dict(ref.state_dict(), cfg).items()}
+    assert mapped == {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+
+
 def test_diffusers_state_dict_with_foreign_keys_is_rejected():
     from ddpm.models.unet_convert import diffusers_unet_state_dict
 

@@ -14,6 +14,7 @@ checkpoints.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -108,7 +109,7 @@ class ResBlock(nn.Module):
         norm_out, _, drop, conv_out = self.out_layers
         if self.use_scale_shift_norm:
             scale, shift = e.chunk(2, dim=1)
-            h = norm_out(h) * (1 + scale) + shift
+            h = torch.addcmul(shift, norm_out(h), 1 + scale)  # GN(h) * (1 + s) + b in one pass
         else:
             h = norm_out(h + e)
         h = conv_out(drop(F.silu(h)))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
+import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save as safetensors_bytes
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..models.autoencoder import AutoencoderKL, AutoencoderKLConfig
@@ -31,7 +31,7 @@ from ..models.unet import UNet, UNetConfig
 from ..models.unet_convert import diffusers_unet_state_dict, unet_config_from_diffusers
 from ..text.clip_tokenizer import CLIPTokenizer
 from .checkpoint import detect_format, load_state_dict, read_safetensors_header
-from .model_file import atomic_write_bytes, file_hash
+from .model_file import atomic_write_bytes, file_hash, fsync_dir
 from .sd_layout import (
     SD2_CONTEXT,
     TEXT_PREFIX,
@@ -54,6 +54,8 @@ __all__ = [
     "single_file_state_dict",
     "save_single_file",
     "save_diffusers_folder",
+    "write_safetensors",
+    "plain_tensors",
 ]
 
 SCHEDULER_META_KEY = "ddpm.scheduler"
@@ -317,10 +319,10 @@ def save_single_file(
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"single files are written as .safetensors; got {str(path)!r}")
-    tensors = _plain(single_file_state_dict(models.unet, models.vae, models.text_encoder), dtype)
-    meta = {"format": "pt", SCHEDULER_META_KEY: json.dumps(models.scheduler.to_dict(), sort_keys=True)}
+    tensors = plain_tensors(single_file_state_dict(models.unet, models.vae, models.text_encoder), dtype)
+    meta = {SCHEDULER_META_KEY: json.dumps(models.scheduler.to_dict(), sort_keys=True)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, _safetensors_bytes(tensors, meta))
+    write_safetensors(path, tensors, meta)
     return path
 
 
@@ -344,7 +346,7 @@ def save_diffusers_folder(
     for name, (weights, config, sd) in parts.items():
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(folder / weights, _safetensors_bytes(_plain(sd, dtype), {"format": "pt"}))
+        write_safetensors(folder / weights, plain_tensors(sd, dtype), {"format": "pt"})
         _write_json(folder / "config.json", config)
     _write_tokenizer(models.tokenizer, root / "tokenizer")
     _write_json(root / "scheduler" / "scheduler_config.json", models.scheduler.to_diffusers())
@@ -363,26 +365,38 @@ def save_diffusers_folder(
     return root
 
 
-def _safetensors_bytes(tensors: Mapping[str, Tensor], metadata: dict[str, str]) -> bytes:
-    """safetensors bytes with the metadata in sorted order (safetensors writes it in hash order, so two
-    writes of the same tensors would otherwise differ byte for byte)."""
-    data = safetensors_bytes(dict(tensors), metadata=metadata)
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + n])
-    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)  # tensor data starts 8-byte aligned
-    return struct.pack("<Q", len(text)) + text + data[8 + n :]
+def write_safetensors(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, str]) -> None:
+    """Write a .safetensors file atomically (temporary file, fsync, rename), streaming from the tensors.
+
+    Keep `metadata` to one entry where files must be byte-reproducible: safetensors writes several in
+    hash order."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(dict(tensors), str(tmp), metadata=metadata)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fsync_dir(path.parent)
 
 
-def _plain(sd: Mapping[str, Tensor], dtype: torch.dtype | None) -> dict[str, Tensor]:
-    """CPU, contiguous, storage-independent tensors (safetensors refuses shared storage)."""
+def plain_tensors(sd: Mapping[str, Tensor], dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+    """CPU, contiguous tensors that share no storage (safetensors refuses shared storage); floating ones
+    cast to `dtype` if given. Copies only where needed."""
     out = {}
+    seen: set[int] = set()
     for k, v in sd.items():
         v = v.detach().to("cpu")
         if dtype is not None and v.is_floating_point():
             v = v.to(dtype)
-        out[k] = v.contiguous().clone()
+        v = v.contiguous()
+        ptr = v.untyped_storage().data_ptr() if v.numel() else -1
+        if ptr in seen:
+            v = v.clone()
+        seen.add(ptr)
+        out[k] = v
     return out
 
 

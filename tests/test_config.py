@@ -86,6 +86,7 @@ def test_types_and_ranges_are_checked_with_the_key_named(tmp_path):
         "model.channel_mult=3": "model.channel_mult must be a list",
         "data.condition=label": r"data.condition must be one of \['none', 'class', 'text'\]",
         "diffusion.prediction=noise": "diffusion.prediction must be one of",
+        "sample.sampler=dpm++": r"sample.sampler must be one of \[.*'dpmpp_2m'",
         "train.batch_size=10": r"train.batch_size \(10\) must be a multiple of train.grad_accum \(4\)",
         "train.ema_decay=1.0": r"train.ema_decay must lie in \[0, 1\)",
         "model.num_heads=0": "num_heads must be a positive integer",

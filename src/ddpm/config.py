@@ -209,7 +209,10 @@ class SampleConfig:
     def __post_init__(self) -> None:
         _need(self.steps >= 1, f"sample.steps must be >= 1; got {self.steps}")
         _need(self.num >= 1, f"sample.num must be >= 1; got {self.num}")
-        _need(bool(self.sampler), "sample.sampler must name a sampler, e.g. 'dpmpp_2m'")
+        from .sampling import SAMPLERS
+
+        _choice("sample", "sampler", self.sampler, tuple(SAMPLERS))
+        _need(self.guidance_scale >= 0, f"sample.guidance_scale must be >= 0; got {self.guidance_scale}")
 
 
 @dataclass

@@ -309,3 +309,14 @@ def test_context_needs_labelled_data_for_a_judge():
     ctx._real = {"train": (torch.zeros(4, 1, 8, 8), None), "test": (torch.zeros(4, 1, 8, 8), None)}
     with pytest.raises(ValueError, match="no class labels.*feature_extractor"):
         ctx.judge()
+
+
+@pytest.mark.slow
+def test_digits_judge_is_a_meaningful_judge():
+    # The real recipe on the real data (~15 s on one thread the first time, then loaded from the cache):
+    # the issue asks for >= 97% held-out accuracy before its verdicts mean anything. Measured: 98.9%.
+    data = {"dataset": "digits", "image_size": 16, "channels": 1}
+    pipe = SimpleNamespace(meta={"data": data, "conditioning": {"type": "none"}})
+    judge = EvalContext(pipe).judge()
+    assert judge.info["num_test"] == 180 and judge.info["num_train"] == 1617
+    assert judge.test_accuracy >= 0.97

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 __all__ = ["COMMANDS", "main", "build_parser", "UsageError"]
 
-COMMANDS = ("demo", "train", "sample", "export", "eval")
+COMMANDS = ("demo", "train", "sample", "export", "eval", "convert")
 
 
 class UsageError(ValueError):

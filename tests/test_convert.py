@@ -1,0 +1,112 @@
+"""`ddpm convert`: .ckpt -> .safetensors keeps every tensor, single file <-> diffusers folder keeps the model
+(and round-trips bit for bit), and mistakes or unsafe inputs end in one-line errors."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from ddpm.cli import main
+from ddpm.io.checkpoint import load_state_dict, read_safetensors_header
+from ddpm.io.sd import load_stable_diffusion
+from ddpm.io.sd_layout import TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX, ema_key
+from ddpm.models.autoencoder import AutoencoderKL, AutoencoderKLConfig
+from ddpm.models.text_encoder import CLIPTextConfig, CLIPTextModel
+from ddpm.models.unet import UNet, UNetConfig
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A tiny SD-1.x-shaped model as an LDM `.ckpt` (Lightning nesting, EMA copies, a schedule buffer)."""
+    torch.manual_seed(0)
+    unet = UNet(UNetConfig(in_channels=4, out_channels=4, model_channels=32, channel_mult=(1, 2),
+                           num_res_blocks=1, attention_resolutions=(1,), num_heads=8, context_dim=64))
+    vae = AutoencoderKL(AutoencoderKLConfig(base_channels=32, channel_mult=(1, 2), num_res_blocks=1))
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=1000, width=64, layers=1, heads=1, intermediate=128))
+    sd = {UNET_PREFIX + k: v for k, v in unet.state_dict().items()}
+    sd.update({ema_key(k): torch.randn_like(v) for k, v in unet.state_dict().items()})
+    sd.update({VAE_PREFIX + k: v for k, v in vae.state_dict().items()})
+    sd.update({TEXT_PREFIX + k: v for k, v in text.state_dict().items()})
+    sd["alphas_cumprod"] = torch.linspace(0.99, 0.01, 1000)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    torch.save({"state_dict": sd, "global_step": 10}, path)
+    return path, sd
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_ckpt_to_safetensors_copies_every_tensor(ckpt, tmp_path, capsys):
+    path, sd = ckpt
+    out = tmp_path / "tiny.safetensors"
+    code, stdout, err = _run(capsys, "convert", path, out)
+    assert code == 0, err
+    assert f"{len(sd)} tensors copied" in stdout
+    got = load_state_dict(out)
+    assert got.keys() == sd.keys() and all(torch.equal(got[k], sd[k]) for k in sd)
+    code, _, _ = _run(capsys, "convert", path, tmp_path / "half.safetensors", "--half")
+    with safe_open(str(tmp_path / "half.safetensors"), framework="pt") as f:
+        assert f.get_tensor(UNET_PREFIX + "out.2.weight").dtype == torch.float16
+
+
+def test_single_file_to_folder_and_back_round_trips_bit_for_bit(ckpt, tmp_path, capsys):
+    path, sd = ckpt
+    assert _run(capsys, "convert", path, tmp_path / "one", "--to", "folder")[0] == 0
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert (tmp_path / "one" / part).is_dir(), part
+    assert _run(capsys, "convert", tmp_path / "one", tmp_path / "a.safetensors")[0] == 0
+    assert _run(capsys, "convert", tmp_path / "a.safetensors", "--to", "folder", tmp_path / "two")[0] == 0
+    assert _run(capsys, "convert", tmp_path / "two", tmp_path / "b.safetensors")[0] == 0
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+    models = load_stable_diffusion(tmp_path / "b.safetensors")
+    # The model conversions keep the EMA weights of the UNet, which the .ckpt preferred.
+    assert torch.equal(models.unet.out[2].weight, sd[ema_key("out.2.weight")])
+    assert torch.equal(models.vae.decoder.conv_out.weight, sd[VAE_PREFIX + "decoder.conv_out.weight"])
+
+
+def test_prediction_and_no_ema_are_recorded(ckpt, tmp_path, capsys):
+    path, sd = ckpt
+    out = tmp_path / "v.safetensors"
+    assert _run(capsys, "convert", path, out, "--prediction", "v", "--no-ema")[0] == 0
+    assert '"prediction": "v"' in read_safetensors_header(out)["__metadata__"]["ddpm.scheduler"]
+    models = load_stable_diffusion(out)
+    assert models.scheduler.prediction == "v"
+    assert torch.equal(models.unet.out[2].weight, sd[UNET_PREFIX + "out.2.weight"])
+
+
+def _one_line_error(result, *fragments):
+    code, _, err = result
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("ddpm convert: error: "), err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+
+
+def test_mistakes_and_unsafe_inputs_are_one_line_errors(ckpt, tmp_path, capsys):
+    path, _ = ckpt
+    _one_line_error(_run(capsys, "convert", tmp_path / "missing.ckpt", tmp_path / "x.safetensors"), "no such")
+    _one_line_error(_run(capsys, "convert", path, tmp_path / "x.ckpt", "--to", "file"), ".safetensors")
+    (tmp_path / "taken.safetensors").write_bytes(b"")
+    _one_line_error(_run(capsys, "convert", path, tmp_path / "taken.safetensors"), "--force")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.txt").write_text("mine")
+    _one_line_error(_run(capsys, "convert", path, tmp_path / "docs", "--force"), "not a diffusers folder")
+    assert (tmp_path / "docs" / "notes.txt").read_text() == "mine"
+
+    marker = tmp_path / "PWNED"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(1)}, "x": Payload()}, evil)
+    _one_line_error(_run(capsys, "convert", evil, tmp_path / "evil.safetensors"), "refused")
+    _one_line_error(_run(capsys, "convert", evil, tmp_path / "evil_folder"), "refused")
+    assert not marker.exists() and not (tmp_path / "evil.safetensors").exists()

@@ -2,9 +2,10 @@
 
 Both models get the same batch, the same eps-prediction loss and an AdamW step, timed in alternating
 rounds in one process (so a busy machine slows both alike); the table shows the median of the rounds.
-The diffusers model is built from our config by `diffusers_kwargs` and checked to have the same number
-of parameters. On CPU a small class-conditional config is timed; on CUDA also the DDPM CIFAR-10 config at
-batch 128 under bf16 autocast and channels_last (add --compile to time `torch.compile` of ours too).
+The diffusers model is built from our config by `diffusers_kwargs`; its weights are copied into ours and
+both are checked to compute the same function before timing. On CPU two small configs are timed in both
+memory formats; on CUDA also the DDPM CIFAR-10 config at batch 128 under bf16 autocast and channels_last
+(add --compile to time `torch.compile` of ours too).
 
     .venv/bin/python benchmarks/train_throughput.py                # CPU table (+ CUDA if available)
     .venv/bin/python benchmarks/train_throughput.py --threads 1 --rounds 5
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ddpm.models import UNet, UNetConfig
+from ddpm.models.unet_convert import diffusers_unet_state_dict
 
 
 def diffusers_kwargs(cfg: UNetConfig) -> dict[str, Any]:
@@ -52,6 +54,20 @@ def diffusers_kwargs(cfg: UNetConfig) -> dict[str, Any]:
         freq_shift=cfg.freq_shift,
         num_class_embeds=None if cfg.num_classes is None else cfg.num_classes + 1,
     )
+
+
+def check_same_function(ours, theirs, cfg: UNetConfig, image_size: int, device: torch.device) -> None:
+    """Raise unless both models give the same output (fp32, eval mode) on a random input."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, cfg.in_channels, image_size, image_size, generator=g).to(device)
+    t = torch.tensor([3, 700], device=device)
+    y = None if cfg.num_classes is None else torch.tensor([0, cfg.num_classes], device=device)
+    ours.eval(), theirs.eval()
+    with torch.no_grad():
+        diff = (ours(x, t, class_labels=y) - theirs(x, t, class_labels=y).sample).abs().max().item()
+    ours.train(), theirs.train()
+    if diff > 1e-3:
+        raise RuntimeError(f"our UNet and its diffusers twin disagree by {diff:.2e}")
 
 
 def make_step(model: torch.nn.Module, call: Callable, batch: dict[str, torch.Tensor], *, autocast: bool):
@@ -85,6 +101,7 @@ def timed(step: Callable[[], None], n: int, device: torch.device) -> float:
 def compare(
     name: str, cfg: UNetConfig, *, image_size: int, batch_size: int, device: torch.device, autocast: bool,
     channels_last: bool, compile_ours: bool, steps: int, rounds: int, warmup: int,
+    compile_mode: str | None = None,
 ) -> list[dict[str, Any]]:
     from diffusers import UNet2DModel
 
@@ -97,6 +114,13 @@ def compare(
     n_theirs = sum(p.numel() for p in theirs.parameters())
     if n_ours != n_theirs:
         raise RuntimeError(f"architectures differ: {n_ours} vs {n_theirs} parameters")
+    # Same weights in both, and proof that they compute the same function.
+    weights = diffusers_unet_state_dict(theirs.state_dict(), cfg)
+    if "label_emb.weight" in weights:
+        # The twin's table already has our K+1 rows (null class included); drop the row the converter adds.
+        weights["label_emb.weight"] = weights["label_emb.weight"][:-1]
+    ours.load_state_dict(weights)
+    check_same_function(ours, theirs, cfg, image_size, device)
 
     g = torch.Generator().manual_seed(0)
     c, s = cfg.in_channels, image_size
@@ -121,7 +145,7 @@ def compare(
     runs = {"ours": make_step(ours, call_ours, batch, autocast=autocast),
             "diffusers": make_step(theirs, call_theirs, batch, autocast=autocast)}
     if compile_ours:
-        compiled = torch.compile(ours)
+        compiled = torch.compile(ours, mode=compile_mode)
         runs["ours+compile"] = make_step(compiled, call_ours, batch, autocast=autocast)
     rates: dict[str, list[float]] = {k: [] for k in runs}
     for step in runs.values():
@@ -156,6 +180,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64, help="CPU batch size")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(ours)")
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune")
     parser.add_argument("--cpu-only", action="store_true")
     args = parser.parse_args()
     if args.threads:
@@ -181,7 +206,8 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = True
         for r in compare("DDPM CIFAR-10 32x32", UNetConfig.ddpm_cifar10(), image_size=32, batch_size=128,
                          device=gpu, autocast=True, channels_last=True, compile_ours=args.compile,
-                         steps=max(args.steps, 20), rounds=args.rounds, warmup=max(args.warmup, 5)):
+                         steps=max(args.steps, 20), rounds=args.rounds, warmup=max(args.warmup, 5),
+                         compile_mode=args.compile_mode):
             rows.append({**r, "machine": machine(gpu), "batch": 128, "dtype": "bf16 autocast channels_last"})
 
     header = ["machine", "config", "params", "batch", "precision", "model", "ours it/s", "diffusers it/s",

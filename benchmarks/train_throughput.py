@@ -1,7 +1,8 @@
 """Training steps per second of our UNet beside diffusers' `UNet2DModel` with the same architecture.
 
 Both models get the same batch, the same eps-prediction loss and an AdamW step, timed in alternating
-rounds in one process (so a busy machine slows both alike); the table shows the median of the rounds.
+rounds in one process (so a busy machine slows both alike); the table shows the median of the rounds, by
+the wall clock and by CPU time.
 The diffusers model is built from our config by `diffusers_kwargs`; its weights are copied into ours and
 both are checked to compute the same function before timing. On CPU two small configs are timed in both
 memory formats; on CUDA also the DDPM CIFAR-10 config at batch 128 under bf16 autocast and channels_last
@@ -86,16 +87,18 @@ def make_step(model: torch.nn.Module, call: Callable, batch: dict[str, torch.Ten
     return step
 
 
-def timed(step: Callable[[], None], n: int, device: torch.device) -> float:
-    """Steps per second over `n` steps."""
+def timed(step: Callable[[], None], n: int, device: torch.device) -> tuple[float, float]:
+    """Steps per second over `n` steps: by the wall clock, and by this process's CPU time (on a shared
+    machine the second is the steadier yardstick for single-threaded CPU runs; NaN on CUDA)."""
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(n):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return n / (time.perf_counter() - t0)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return n / wall, (n / cpu if device.type == "cpu" else float("nan"))
 
 
 def compare(
@@ -147,21 +150,24 @@ def compare(
     if compile_ours:
         compiled = torch.compile(ours, mode=compile_mode)
         runs["ours+compile"] = make_step(compiled, call_ours, batch, autocast=autocast)
-    rates: dict[str, list[float]] = {k: [] for k in runs}
+    rates: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
     for step in runs.values():
         for _ in range(warmup):
             step()
     for _ in range(rounds):
         for k, step in runs.items():
             rates[k].append(timed(step, steps, device))
-    base = statistics.median(rates["diffusers"])
+
+    def med(k: str, i: int) -> float:
+        return statistics.median(r[i] for r in rates[k])
+
     rows = []
     for k in runs:
         if k == "diffusers":
             continue
-        r = statistics.median(rates[k])
-        rows.append(dict(config=name, model=k, params=n_ours, ours=r, diffusers=base, ratio=r / base,
-                         ms_ours=1000 / r, ms_diffusers=1000 / base))
+        rows.append(dict(config=name, model=k, params=n_ours, ours=med(k, 0), diffusers=med("diffusers", 0),
+                         ratio=med(k, 0) / med("diffusers", 0), cpu_ratio=med(k, 1) / med("diffusers", 1),
+                         ms_cpu_ours=1000 / med(k, 1), ms_cpu_diffusers=1000 / med("diffusers", 1)))
     return rows
 
 
@@ -211,12 +217,13 @@ def main() -> None:
             rows.append({**r, "machine": machine(gpu), "batch": 128, "dtype": "bf16 autocast channels_last"})
 
     header = ["machine", "config", "params", "batch", "precision", "model", "ours it/s", "diffusers it/s",
-              "ratio"]
+              "ratio", "CPU ms/step ours / diffusers", "ratio by CPU time"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
         print(f"| {r['machine']} | {r['config']} | {r['params'] / 1e6:.2f}M | {r['batch']} | {r['dtype']} | "
-              f"{r['model']} | {r['ours']:.2f} | {r['diffusers']:.2f} | {r['ratio']:.2f}x |")
+              f"{r['model']} | {r['ours']:.2f} | {r['diffusers']:.2f} | {r['ratio']:.2f}x | "
+              f"{r['ms_cpu_ours']:.0f} / {r['ms_cpu_diffusers']:.0f} | {r['cpu_ratio']:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,490 @@
+"""Stable Diffusion 1.x text-to-image, image-to-image and inpainting (Rombach et al. 2022, "LDM").
+
+prompt -> CLIP token states `[B, 77 K, 768]` (`prompts.py`) -> `ddpm.sample` on latents `[B, 4, H/8, W/8]`
+with classifier-free guidance -> VAE decode -> images `[B, 3, H, W]` in [-1, 1] + one metadata dict each.
+
+Defaults travel with the model (`StableDiffusionModels.scheduler`): SD 1.x's scaled-linear betas,
+`leading` spacing with steps_offset 1, epsilon prediction. DDIM and PLMS end at the level of t = 0
+(SD 1.x's `set_alpha_to_one=False`), the other samplers at clean data, as diffusers runs them with
+SD 1.x's scheduler configs, so the same settings give the same images as `StableDiffusionPipeline`.
+
+Seeds (DESIGN.md): image i of a call uses `torch.Generator().manual_seed(seed + i)` on the CPU for, in
+order, its VAE posterior draw (img2img/inpaint), its starting noise `[4, h, w]` and any sampler noise, so
+it is the same alone or at any batch position.
+
+Inpainting: a 9-channel UNet (SD inpainting checkpoints) gets `[latents, mask, masked-image latents]`;
+an ordinary 4-channel UNet gets latent blending: before every model call the kept region of x_t is
+replaced by the init latents noised to that call's level with the run's own noise, and the result keeps
+the init latents there (the latent mask is 1 wherever any pixel of the cell is repainted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..io.sd import StableDiffusionModels, load_stable_diffusion
+from ..sampling import SAMPLERS
+from .prompts import CHUNK_TOKENS, encode_prompts
+from .sd_images import ImageInput, check_size, image_size, image_tensor, mask_tensor, round_size
+from .sd_inpaint import blending_unet, inpainting_unet, latent_mask
+
+__all__ = ["StableDiffusion", "SDResult", "generation_kwargs", "DEFAULT_FINAL_SIGMA"]
+
+# Where each sampler's last step lands with SD 1.x's scheduler configs (set_alpha_to_one=False for
+# DDIM/PNDM; final_sigmas_type="zero" for Euler and DPM-Solver).
+DEFAULT_FINAL_SIGMA = {"ddim": "sigma_min", "plms": "sigma_min"}
+_SEED_LIMIT = 2**63 - 1
+
+
+class SDResult(NamedTuple):
+    """Images `[N, 3, H, W]` in [-1, 1] (float32, CPU) and the metadata dict that reproduces each."""
+
+    images: Tensor
+    metadata: list[dict[str, Any]]
+
+
+def _device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def generation_kwargs(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of `txt2img`/`img2img`/`inpaint` that regenerate the image `meta` describes."""
+    keys = (
+        "negative_prompt",
+        "steps",
+        "guidance_scale",
+        "sampler",
+        "spacing",
+        "karras",
+        "height",
+        "width",
+        "seed",
+        "eta",
+        "clip_skip",
+    )
+    missing = [k for k in ("prompt", *keys) if k not in meta]
+    if missing:
+        raise ValueError(f"the metadata lacks {missing}; it was not written by this pipeline")
+    if meta.get("latents_supplied"):
+        raise ValueError(
+            "this image started from latents passed by the caller, not from its seed; "
+            "pass the same latents to regenerate it"
+        )
+    out = {k: meta[k] for k in keys}
+    out["prompt"] = meta["prompt"]
+    if meta.get("mode") in ("img2img", "inpaint"):
+        out["strength"] = meta["strength"]
+    return out
+
+
+class StableDiffusion:
+    """A loaded SD 1.x model: `txt2img`, `img2img`, `inpaint`, each returning an `SDResult`."""
+
+    def __init__(
+        self,
+        models: StableDiffusionModels,
+        *,
+        name: str = "",
+        vae_tile: int | None = None,
+        compile: bool = False,
+    ) -> None:
+        self.models = models
+        self.unet, self.vae = models.unet, models.vae
+        self.text_encoder, self.tokenizer = models.text_encoder, models.tokenizer
+        self.scheduler = models.scheduler
+        self.schedule = models.scheduler.schedule()
+        self.name = name
+        self.model_hash = models.model_hash
+        self.vae_tile = vae_tile
+        for module in (self.unet, self.vae, self.text_encoder):
+            module.eval().requires_grad_(False)
+        self._unet_call: Callable[..., Tensor] = torch.compile(self.unet) if compile else self.unet
+
+    # ------------------------------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        device: str | torch.device = "auto",
+        dtype: torch.dtype | str = "auto",
+        channels_last: bool | None = None,
+        compile: bool = False,
+        vae_tile: int | None = None,
+    ) -> StableDiffusion:
+        """From a diffusers folder or an SD single file (`.safetensors`/`.ckpt`); `dtype="auto"` is float16
+        on a GPU and float32 on the CPU; `channels_last` defaults to on for a GPU; `compile` wraps the UNet
+        in `torch.compile`; `vae_tile` decodes in windows of that many latent cells (64 = 512 pixels; None:
+        64 once a latent side passes 96; 0: never)."""
+        dev = _device(device)
+        if dtype == "auto":
+            dtype = torch.float16 if dev.type == "cuda" else torch.float32
+        if isinstance(dtype, str):
+            names = {
+                "float32": torch.float32,
+                "fp32": torch.float32,
+                "float16": torch.float16,
+                "fp16": torch.float16,
+                "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16,
+            }
+            if dtype not in names:
+                raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(names)} or 'auto'")
+            dtype = names[dtype]
+        models = load_stable_diffusion(path, dtype=dtype, device=dev)
+        if channels_last if channels_last is not None else dev.type == "cuda":
+            models.unet.to(memory_format=torch.channels_last)
+            models.vae.to(memory_format=torch.channels_last)
+        path = Path(path)
+        return cls(
+            models, name=path.stem if path.is_file() else path.name, vae_tile=vae_tile, compile=compile
+        )
+
+    # ---------------------------------------------------------------------------------------- properties
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    @property
+    def inpainting_model(self) -> bool:
+        """Whether the UNet is SD's 9-channel inpainting UNet (latents 4, mask 1, masked-image latents 4)."""
+        return self.unet.config.in_channels == 2 * self.vae.config.latent_channels + 1
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: the VAE factor times the UNet's (8 x 8 = 64 for SD 1.x)."""
+        return self.vae.config.downsampling_factor * self.unet.config.downsampling_factor
+
+    # ---------------------------------------------------------------------------------------- public API
+    def txt2img(
+        self,
+        prompt: str,
+        *,
+        negative_prompt: str = "",
+        steps: int = 30,
+        guidance_scale: float = 7.5,
+        sampler: str = "dpmpp_2m",
+        spacing: str | None = None,
+        karras: bool = False,
+        height: int = 512,
+        width: int = 512,
+        seed: int | None = None,
+        latents: Tensor | None = None,
+        num_images: int = 1,
+        eta: float = 0.0,
+        clip_skip: int = 0,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> SDResult:
+        """Images for `prompt` from noise: `latents` `[N, 4, H/8, W/8]` (standard normal) or from `seed`."""
+        height, width = check_size(height, width, self.size_multiple)
+        return self._generate("txt2img", prompt, None, None, 1.0, locals())
+
+    def img2img(
+        self,
+        image: ImageInput,
+        prompt: str,
+        *,
+        strength: float = 0.75,
+        negative_prompt: str = "",
+        steps: int = 30,
+        guidance_scale: float = 7.5,
+        sampler: str = "dpmpp_2m",
+        spacing: str | None = None,
+        karras: bool = False,
+        height: int | None = None,
+        width: int | None = None,
+        seed: int | None = None,
+        latents: Tensor | None = None,
+        num_images: int = 1,
+        eta: float = 0.0,
+        clip_skip: int = 0,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> SDResult:
+        """`image` re-drawn for `prompt` (SDEdit, Meng et al. 2022): its latents noised to the level
+        int(steps * strength) steps before the end, then sampled; `latents` is that noise if given."""
+        height, width = self._size_for(image, height, width)
+        return self._generate("img2img", prompt, image_tensor(image, height, width), None, strength, locals())
+
+    def inpaint(
+        self,
+        image: ImageInput,
+        mask: ImageInput,
+        prompt: str,
+        *,
+        strength: float = 1.0,
+        negative_prompt: str = "",
+        steps: int = 30,
+        guidance_scale: float = 7.5,
+        sampler: str = "dpmpp_2m",
+        spacing: str | None = None,
+        karras: bool = False,
+        height: int | None = None,
+        width: int | None = None,
+        seed: int | None = None,
+        latents: Tensor | None = None,
+        num_images: int = 1,
+        eta: float = 0.0,
+        clip_skip: int = 0,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> SDResult:
+        """`image` with the white part of `mask` repainted for `prompt` (9-channel inpainting UNet, or latent
+        blending for ordinary checkpoints); `strength` < 1 starts from the image's own latents there."""
+        height, width = self._size_for(image, height, width)
+        pixels = image_tensor(image, height, width)
+        return self._generate("inpaint", prompt, pixels, mask_tensor(mask, height, width), strength, locals())
+
+    # ---------------------------------------------------------------------------------------- internals
+    def _size_for(self, image: ImageInput, height: int | None, width: int | None) -> tuple[int, int]:
+        if height is None or width is None:
+            h, w = image_size(image)
+            if height is None and width is None:
+                return round_size(h, w, self.size_multiple)
+            # one side given: keep the aspect ratio
+            if height is None:
+                height = width * h / w  # type: ignore[operator]
+            else:
+                width = height * w / h
+            return round_size(int(round(height)), int(round(width)), self.size_multiple)
+        return check_size(height, width, self.size_multiple)
+
+    def _check_options(self, o: Mapping[str, Any], mode: str, strength: float) -> tuple[int, int]:
+        num, batch = o["num_images"], o["batch_size"]
+        if isinstance(num, bool) or int(num) != num or num < 1:
+            raise ValueError(f"num_images must be a positive integer, got {num!r}")
+        batch = num if batch is None else batch
+        if isinstance(batch, bool) or int(batch) != batch or batch < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch!r}")
+        if not isinstance(o["prompt"], str) or not isinstance(o["negative_prompt"], str):
+            raise ValueError('prompt and negative_prompt must be strings (use "" for none)')
+        steps = o["steps"]
+        if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        if mode != "txt2img" and not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must lie in (0, 1] (1 = ignore the image's content), got {strength}")
+        if not 0 <= o["clip_skip"] < self.text_encoder.config.layers:
+            raise ValueError(f"clip_skip must lie in 0 … {self.text_encoder.config.layers - 1}")
+        return int(num), int(batch)
+
+    def _generate(
+        self,
+        mode: str,
+        prompt: str,
+        pixels: Tensor | None,
+        mask: Tensor | None,
+        strength: float,
+        o: dict[str, Any],
+    ) -> SDResult:
+        num, batch = self._check_options(o, mode, strength)
+        height, width = (
+            (pixels.shape[-2], pixels.shape[-1]) if pixels is not None else (o["height"], o["width"])
+        )
+        f = self.vae.config.downsampling_factor
+        c_lat = self.vae.config.latent_channels
+        shape = (c_lat, height // f, width // f)
+        latents = o["latents"]
+        if latents is not None:
+            if not isinstance(latents, Tensor) or tuple(latents.shape) != (num, *shape):
+                got = tuple(latents.shape) if isinstance(latents, Tensor) else type(latents).__name__
+                raise ValueError(
+                    f"latents must be a tensor [num_images={num}, {', '.join(map(str, shape))}] "
+                    f"for a {width}x{height} image; got {got}"
+                )
+        seed = o["seed"]
+        if seed is None:
+            seed = secrets.randbelow(2**32)
+        if isinstance(seed, bool) or int(seed) != seed or not 0 <= seed <= _SEED_LIMIT - num:
+            raise ValueError(f"seed must be an integer in 0 … 2^63 - 1 - num_images, got {seed!r}")
+        seed = int(seed)
+        sampler, steps = o["sampler"], int(o["steps"])
+        spacing = o["spacing"] or self.scheduler.spacing
+        final_sigma = DEFAULT_FINAL_SIGMA.get(sampler, "zero")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
+        if mode == "inpaint" and not self.inpainting_model and self.unet.config.in_channels != c_lat:
+            raise ValueError(
+                f"this UNet takes {self.unet.config.in_channels} channels; inpainting needs a "
+                f"{c_lat}- or {2 * c_lat + 1}-channel UNet"
+            )
+        if mode != "inpaint" and self.inpainting_model:
+            raise ValueError("this is an inpainting checkpoint (9-channel UNet); use inpaint() with a mask")
+
+        guided = float(o["guidance_scale"]) != 1.0
+        cond, uncond, chunks = self._encode(prompt, o["negative_prompt"], guided, o["clip_skip"])
+        images = []
+        for start in range(0, num, batch):
+            stop = min(num, start + batch)
+            gens = [torch.Generator().manual_seed(seed + i) for i in range(start, stop)]
+            x = self._sample_batch(
+                mode,
+                pixels,
+                mask,
+                strength,
+                gens,
+                shape,
+                None if latents is None else latents[start:stop],
+                cond,
+                uncond,
+                o,
+                sampler=sampler,
+                steps=steps,
+                spacing=spacing,
+                final_sigma=final_sigma,
+            )
+            images.append(self._decode(x).float().clamp(-1, 1).cpu())
+
+        note = None
+        if chunks[0].num_chunks > 1 or chunks[1].num_chunks > 1:
+            note = (
+                f"prompt of {chunks[0].num_tokens} tokens and negative prompt of {chunks[1].num_tokens} "
+                f"encoded as {max(chunks[0].num_chunks, chunks[1].num_chunks)} chunks of {CHUNK_TOKENS} "
+                "tokens (not truncated)"
+            )
+        base: dict[str, Any] = {
+            "mode": mode,
+            "prompt": prompt,
+            "negative_prompt": o["negative_prompt"],
+            "sampler": sampler,
+            "steps": steps,
+            "spacing": spacing,
+            "steps_offset": self.scheduler.steps_offset,
+            "final_sigma": final_sigma,
+            "karras": bool(o["karras"]),
+            "eta": float(o["eta"]),
+            "guidance_scale": float(o["guidance_scale"]),
+            "width": width,
+            "height": height,
+            "clip_skip": int(o["clip_skip"]),
+            "prediction": self.scheduler.prediction,
+            "model_hash": self.model_hash,
+            "model": self.name,
+            "latents_supplied": latents is not None,
+        }
+        if note:
+            base["prompt_note"] = note
+        if pixels is not None:
+            base["strength"] = float(strength)
+            base["init_image_sha256"] = hashlib.sha256(pixels.numpy().tobytes()).hexdigest()[:16]
+        if mask is not None:
+            base["inpainting"] = "9-channel UNet" if self.inpainting_model else "latent blending"
+        metadata = [{**base, "seed": seed + i} for i in range(num)]
+        return SDResult(torch.cat(images), metadata)
+
+    def _encode(
+        self, prompt: str, negative: str, guided: bool, clip_skip: int
+    ) -> tuple[Tensor, Tensor | None, list[Any]]:
+        """Prompt and negative-prompt states `[1, 77 K, D]` with the same K (chunks padded alike)."""
+        states, chunks = encode_prompts(
+            self.text_encoder, self.tokenizer, [prompt, negative], clip_skip=clip_skip
+        )
+        states = states.to(self.dtype)
+        return states[:1], (states[1:] if guided else None), chunks
+
+    def _sample_batch(
+        self,
+        mode: str,
+        pixels: Tensor | None,
+        mask: Tensor | None,
+        strength: float,
+        gens: list[torch.Generator],
+        shape: tuple[int, ...],
+        latents: Tensor | None,
+        cond: Tensor,
+        uncond: Tensor | None,
+        o: Mapping[str, Any],
+        *,
+        sampler: str,
+        steps: int,
+        spacing: str,
+        final_sigma: str,
+    ) -> Tensor:
+        from .. import sample
+
+        b, dev, dtype = len(gens), self.device, self.dtype
+        init = None
+        if pixels is not None:
+            posterior = self.vae.encode_posterior(pixels.to(dev, self.vae_dtype).expand(b, -1, -1, -1))
+            init = self.vae.scale_latents(posterior.sample(generator=gens)).to(dtype)
+        if latents is None:
+            noise = torch.stack([torch.randn(shape, generator=g) for g in gens])
+        else:
+            noise = latents.detach().float().cpu()
+        noise = noise.to(dev, dtype)
+        extra: dict[str, Tensor] = {}
+        model: Callable[..., Tensor] = self._unet_call
+        if mode == "inpaint":
+            assert pixels is not None and mask is not None and init is not None
+            m_lat = latent_mask(mask, shape[1:]).to(dev, dtype).expand(b, -1, -1, -1)
+            if self.inpainting_model:
+                kept = pixels.to(dev, self.vae_dtype) * (mask.to(dev, self.vae_dtype) < 0.5)
+                masked = self.vae.encode(kept).to(dtype).expand(b, -1, -1, -1)
+                m_in = F.interpolate(mask, size=shape[1:], mode="nearest")  # as SD's inpainting training
+                m_in = m_in.to(dev, dtype).expand(b, -1, -1, -1)
+                extra["inpaint"] = torch.cat([m_in, masked], dim=1)
+                model = inpainting_unet(self._unet_call)
+            else:
+                extra["blend"] = torch.cat([init, noise, m_lat], dim=1)
+                model = blending_unet(
+                    self._unet_call, self.schedule, sampler=sampler, steps=steps, spacing=spacing,
+                    steps_offset=self.scheduler.steps_offset, karras=bool(o["karras"]),
+                    final_sigma=final_sigma,
+                )  # fmt: skip
+        # inpainting at strength 1 starts from pure noise; img2img always from the noised init
+        start = None if mode == "inpaint" and strength >= 1.0 else init
+        c = {"context": cond.expand(b, -1, -1), **extra}
+        u = None if uncond is None else {"context": uncond.expand(b, -1, -1), **extra}
+        x0 = sample(
+            model, noise, schedule=self.schedule, sampler=sampler, steps=steps, spacing=spacing,
+            steps_offset=self.scheduler.steps_offset, final_sigma=final_sigma,
+            prediction=self.scheduler.prediction, eta=float(o["eta"]), karras=bool(o["karras"]),
+            guidance_scale=float(o["guidance_scale"]), cond=c, uncond=u, generator=gens,
+            progress=bool(o["progress"]), init=start, strength=strength if start is not None else 1.0,
+        )  # fmt: skip
+        if mode == "inpaint" and not self.inpainting_model:
+            assert init is not None
+            x0 = torch.lerp(init.to(x0.dtype), x0, m_lat.to(x0.dtype))
+        return x0
+
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        return next(self.vae.parameters()).dtype
+
+    def _decode(self, latents: Tensor) -> Tensor:
+        """Latents -> images; an fp16/bf16 VAE that gives NaN/inf runs again in float32 (no black image)."""
+        tile = self.vae_tile
+        if tile is None:  # auto: windows of 512 pixels (SD) once a side passes 768
+            tile = 64 if max(latents.shape[-2:]) > 96 else None
+        elif tile == 0:
+            tile = None
+        z = latents.to(self.vae_dtype)
+        out = self.vae.decode(z, tile=tile)
+        if self.vae_dtype != torch.float32 and not bool(torch.isfinite(out).all()):
+            warnings.warn(
+                f"the {self.vae_dtype} VAE decoded NaN/inf values; decoding again in float32",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            dtype = self.vae_dtype
+            self.vae.float()
+            try:
+                out = self.vae.decode(latents.float(), tile=tile)
+            finally:
+                self.vae.to(dtype)
+        return out

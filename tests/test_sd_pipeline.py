@@ -1,0 +1,431 @@
+"""The Stable Diffusion pipeline against diffusers' StableDiffusionPipeline / StableDiffusionImg2ImgPipeline
+on the same tiny random weights: same prompt, negative prompt, starting latents (or seeds), guidance and
+sampler -> images within 1e-3 (max absolute difference, images in [0, 1]), loaded by us from the diffusers
+folder and from an SD single file. Then seeds, metadata round trips, inpainting and bad inputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from ddpm.io.images import read_png_metadata, save_png
+from ddpm.io.sd import load_stable_diffusion, save_single_file
+from ddpm.pipelines.stable_diffusion import StableDiffusion, generation_kwargs
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+diffusers.utils.logging.set_verbosity_error()
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+
+BPE = Path(__file__).resolve().parents[1] / "src" / "ddpm" / "assets" / "bpe_simple_vocab_16e6.txt.gz"
+CONTEXT = 64
+SIZE = 32  # pixels; latents 16x16 (the tiny VAE downsamples by 2)
+TOL = 1e-3
+SD1 = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    steps_offset=1,
+    timestep_spacing="leading",
+)
+SCHEDULERS = {  # our (sampler, karras) -> diffusers scheduler with SD 1.x's settings
+    ("ddim", False): lambda: diffusers.DDIMScheduler(clip_sample=False, set_alpha_to_one=False, **SD1),
+    ("plms", False): lambda: diffusers.PNDMScheduler(skip_prk_steps=True, set_alpha_to_one=False, **SD1),
+    ("euler", False): lambda: diffusers.EulerDiscreteScheduler(**SD1),
+    ("dpmpp_2m", False): lambda: diffusers.DPMSolverMultistepScheduler(**SD1),
+    ("dpmpp_2m", True): lambda: diffusers.DPMSolverMultistepScheduler(use_karras_sigmas=True, **SD1),
+}
+PROMPT, NEGATIVE = "a watercolour fox in the snow", "blurry, low quality"
+
+
+def randomize(model: nn.Module, seed: int) -> nn.Module:
+    """Random values in every parameter (as tests/test_sd_loading.py does: zero-init layers hide bugs)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
+            elif name.endswith("weight"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def _write_tokenizer(folder: Path) -> None:
+    """vocab.json + merges.txt from the packaged BPE by CLIP's recipe."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    symbols = [chr(b) for b in printable] + [chr(256 + n) for n in range(256 - len(printable))]
+    lines = gzip.open(BPE, "rt", encoding="utf-8").read().split("\n")[1 : 49152 - 256 - 2 + 1]
+    tokens = symbols + [s + "</w>" for s in symbols] + [line.replace(" ", "") for line in lines]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77}), encoding="utf-8")
+
+
+def _components(in_channels: int = 4):
+    unet = randomize(
+        diffusers.UNet2DConditionModel(
+            sample_size=16,
+            in_channels=in_channels,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            cross_attention_dim=CONTEXT,
+            attention_head_dim=8,
+            norm_num_groups=32,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        ),
+        seed=1,
+    )
+    vae = randomize(
+        diffusers.AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=32,
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            sample_size=SIZE,
+        ),
+        seed=2,
+    )
+    text = randomize(
+        transformers.CLIPTextModel(
+            transformers.CLIPTextConfig(
+                vocab_size=49408,
+                hidden_size=CONTEXT,
+                intermediate_size=96,
+                num_hidden_layers=2,
+                num_attention_heads=1,
+                max_position_embeddings=77,
+                hidden_act="quick_gelu",
+                bos_token_id=49406,
+                eos_token_id=2,
+                pad_token_id=1,
+            )
+        ),
+        seed=3,
+    )
+    return unet, vae, text
+
+
+def _save_folder(root: Path, unet, vae, text, pipeline: str) -> Path:
+    unet.save_pretrained(root / "unet")
+    vae.save_pretrained(root / "vae")
+    text.save_pretrained(root / "text_encoder")
+    _write_tokenizer(root / "tokenizer")
+    SCHEDULERS[("plms", False)]().save_pretrained(root / "scheduler")
+    (root / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": pipeline,
+                "unet": ["diffusers", "UNet2DConditionModel"],
+                "vae": ["diffusers", "AutoencoderKL"],
+                "text_encoder": ["transformers", "CLIPTextModel"],
+                "tokenizer": ["transformers", "CLIPTokenizer"],
+                "scheduler": ["diffusers", "PNDMScheduler"],
+            }
+        )
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory):
+    """The diffusers components, their folder, and an SD single file written from our load of it."""
+    torch.manual_seed(0)
+    unet, vae, text = _components()
+    root = _save_folder(tmp_path_factory.mktemp("sd"), unet, vae, text, "StableDiffusionPipeline")
+    single = save_single_file(load_stable_diffusion(root), root.parent / "tiny-sd.safetensors")
+    tokenizer = transformers.CLIPTokenizer.from_pretrained(root / "tokenizer")
+    return dict(unet=unet, vae=vae, text=text, tokenizer=tokenizer, root=root, single=single)
+
+
+@pytest.fixture(scope="module")
+def pipe(ref):
+    return StableDiffusion.load(ref["root"], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def pipe_single(ref):
+    return StableDiffusion.load(ref["single"], device="cpu")
+
+
+def _diffusers_pipe(ref, cls, sampler, karras):
+    return cls(
+        vae=ref["vae"],
+        text_encoder=ref["text"],
+        tokenizer=ref["tokenizer"],
+        unet=ref["unet"],
+        scheduler=SCHEDULERS[(sampler, karras)](),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def _latents(n=2, seed=5):
+    return torch.randn(n, 4, SIZE // 2, SIZE // 2, generator=torch.Generator().manual_seed(seed))
+
+
+def _unit(images):
+    """Our [-1, 1] images `[N, 3, H, W]` as diffusers' output_type="np" `[N, H, W, 3]` in [0, 1]."""
+    return ((images + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+def _photo(seed=0):
+    rng = np.random.default_rng(seed)
+    base = np.linspace(0, 255, SIZE, dtype=np.float64)
+    img = np.stack(
+        [base[None, :].repeat(SIZE, 0), base[:, None].repeat(SIZE, 1), np.full((SIZE, SIZE), 90.0)], -1
+    )
+    return Image.fromarray(np.clip(img + rng.normal(0, 20, img.shape), 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("sampler, karras", list(SCHEDULERS))
+def test_txt2img_matches_diffusers(ref, pipe, sampler, karras):
+    steps, latents = 10, _latents()
+    expected = _diffusers_pipe(ref, diffusers.StableDiffusionPipeline, sampler, karras)(
+        PROMPT,
+        negative_prompt=NEGATIVE,
+        num_inference_steps=steps,
+        guidance_scale=6.0,
+        height=SIZE,
+        width=SIZE,
+        num_images_per_prompt=2,
+        latents=latents.clone(),
+        output_type="np",
+    ).images
+    ours = pipe.txt2img(
+        PROMPT,
+        negative_prompt=NEGATIVE,
+        steps=steps,
+        guidance_scale=6.0,
+        sampler=sampler,
+        karras=karras,
+        height=SIZE,
+        width=SIZE,
+        latents=latents,
+        num_images=2,
+    )
+    diff = np.abs(_unit(ours.images) - expected).max()
+    assert diff < TOL, f"{sampler} karras={karras}: max |ours - diffusers| = {diff:.2e}"
+    assert expected.std() > 0.05  # the comparison is not between two flat images
+
+
+def test_txt2img_from_the_single_file_matches_diffusers(ref, pipe_single):
+    latents = _latents(1, seed=9)
+    expected = _diffusers_pipe(ref, diffusers.StableDiffusionPipeline, "dpmpp_2m", False)(
+        "",
+        num_inference_steps=8,
+        guidance_scale=7.5,
+        height=SIZE,
+        width=SIZE,
+        latents=latents.clone(),
+        output_type="np",
+    ).images
+    ours = pipe_single.txt2img("", steps=8, height=SIZE, width=SIZE, latents=latents)
+    assert np.abs(_unit(ours.images) - expected).max() < TOL
+
+
+@pytest.mark.parametrize("sampler, karras", [("ddim", False), ("euler", False), ("dpmpp_2m", True)])
+def test_img2img_matches_diffusers_with_the_same_noise(ref, pipe, sampler, karras):
+    image, seed = _photo(), 123
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(2)]  # posterior draw, then the noise
+    expected = _diffusers_pipe(ref, diffusers.StableDiffusionImg2ImgPipeline, sampler, karras)(
+        PROMPT,
+        image=image,
+        strength=0.6,
+        negative_prompt=NEGATIVE,
+        num_inference_steps=10,
+        guidance_scale=5.0,
+        num_images_per_prompt=2,
+        generator=gens,
+        output_type="np",
+    ).images
+    ours = pipe.img2img(
+        image,
+        PROMPT,
+        strength=0.6,
+        negative_prompt=NEGATIVE,
+        steps=10,
+        guidance_scale=5.0,
+        sampler=sampler,
+        karras=karras,
+        seed=seed,
+        num_images=2,
+    )
+    assert ours.images.shape == (2, 3, SIZE, SIZE)
+    assert np.abs(_unit(ours.images) - expected).max() < TOL
+
+
+def test_seed_gives_the_same_image_at_any_batch_position(pipe):
+    kw = dict(steps=4, height=SIZE, width=SIZE, sampler="euler_a")  # a stochastic sampler: noise per step too
+    three = pipe.txt2img("a cat", seed=40, num_images=3, **kw)
+    alone = pipe.txt2img("a cat", seed=42, **kw)
+    split = pipe.txt2img("a cat", seed=40, num_images=3, batch_size=2, **kw)
+    assert [m["seed"] for m in three.metadata] == [40, 41, 42]
+    torch.testing.assert_close(three.images[2], alone.images[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(three.images, split.images, rtol=0, atol=1e-5)
+    assert (three.images[0] - three.images[1]).abs().max() > 0.05  # seeds differ -> images differ
+
+
+def test_metadata_round_trip_regenerates_the_same_pixels(pipe, tmp_path):
+    from ddpm.io.images import png_metadata
+
+    first = pipe.txt2img(
+        "a (red:1.3) [boat]",
+        negative_prompt="fog",
+        steps=5,
+        guidance_scale=4.0,
+        sampler="ddim",
+        height=SIZE,
+        width=SIZE + 8,
+        seed=7,
+    )
+    path = save_png(tmp_path / "a.png", first.images[0], png_metadata(first.metadata[0]))
+    text = read_png_metadata(path)
+    assert "Steps: 5, Sampler: DDIM, CFG scale: 4, Seed: 7, Size: 40x32" in text["parameters"]
+    assert f"Model hash: {pipe.model_hash}" in text["parameters"]
+    assert text["parameters"].startswith("a (red:1.3) [boat]\nNegative prompt: fog\n")
+    meta = json.loads(text["ddpm"])
+    again = pipe.txt2img(**generation_kwargs(meta))
+    saved = np.asarray(Image.open(path))
+    regenerated = (
+        ((again.images[0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    )
+    assert np.array_equal(saved, regenerated)
+
+
+def test_long_prompt_is_chunked_with_a_note(pipe):
+    long = ", ".join(f"detail {i}" for i in range(60))
+    out = pipe.txt2img(long, steps=2, height=SIZE, width=SIZE, seed=1)
+    assert "chunks of 75 tokens (not truncated)" in out.metadata[0]["prompt_note"]
+    short = pipe.txt2img("detail", steps=2, height=SIZE, width=SIZE, seed=1)
+    assert "prompt_note" not in short.metadata[0]
+
+
+def test_attention_weights_change_the_image(pipe):
+    kw = dict(steps=3, height=SIZE, width=SIZE, seed=3)
+    plain = pipe.txt2img("a cat on a mat", **kw).images
+    weighted = pipe.txt2img("a (cat:1.6) on a mat", **kw).images
+    same = pipe.txt2img("a (cat:1) on a mat", **kw).images
+    assert (plain - weighted).abs().max() > 1e-3
+    torch.testing.assert_close(plain, same, rtol=0, atol=1e-6)
+
+
+def test_inpaint_with_latent_blending_keeps_the_unmasked_region(pipe, monkeypatch):
+    image = _photo(1)
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[9:23, 8:24] = 255  # latent cells 4 … 11 (rows 9 … 22 touch cells 4 … 11 too)
+    decoded = []
+    real_decode = pipe._decode
+    monkeypatch.setattr(pipe, "_decode", lambda z: decoded.append(z) or real_decode(z))
+    out = pipe.inpaint(image, Image.fromarray(mask), "a red ball", steps=6, seed=2, sampler="dpmpp_2m")
+    assert out.metadata[0]["inpainting"] == "latent blending"
+    pixels = torch.from_numpy(np.asarray(image, np.float32) / 255 * 2 - 1).permute(2, 0, 1)[None]
+    posterior = pipe.vae.encode_posterior(pixels)
+    init = pipe.vae.scale_latents(posterior.sample(generator=[torch.Generator().manual_seed(2)]))
+    z = decoded[0]
+    inside = torch.zeros(16, 16, dtype=torch.bool)
+    inside[4:12, 4:12] = True
+    torch.testing.assert_close(z[..., ~inside], init[..., ~inside], rtol=0, atol=1e-6)
+    assert (z[..., inside] - init[..., inside]).abs().min() > 1e-4  # every repainted cell changed
+
+
+def test_inpainting_checkpoint_uses_nine_channels(tmp_path):
+    torch.manual_seed(0)
+    unet, vae, text = _components(in_channels=9)
+    root = _save_folder(tmp_path / "inpaint", unet, vae, text, "StableDiffusionInpaintPipeline")
+    pipe = StableDiffusion.load(root, device="cpu")
+    assert pipe.inpainting_model
+    mask = torch.zeros(SIZE, SIZE)
+    mask[:, SIZE // 2 :] = 1
+    out = pipe.inpaint(_photo(), mask, "a door", steps=3, seed=0)
+    assert out.images.shape == (1, 3, SIZE, SIZE) and bool(torch.isfinite(out.images).all())
+    assert out.metadata[0]["inpainting"] == "9-channel UNet"
+    with pytest.raises(ValueError, match="inpainting checkpoint"):
+        pipe.txt2img("a door", steps=2, height=SIZE, width=SIZE)
+
+
+def test_any_image_mode_and_size_is_resized(pipe):
+    rgba = Image.new("RGBA", (50, 30), (200, 10, 10, 128))
+    out = pipe.img2img(rgba, "x", steps=2, height=SIZE, width=SIZE, seed=0)
+    assert out.images.shape == (1, 3, SIZE, SIZE)
+    grey16 = Image.fromarray((np.arange(40 * 40).reshape(40, 40) * 40).astype(np.uint16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 40x40 is a multiple of 4: used as it is, no warning
+        assert pipe.img2img(grey16, "x", steps=2, seed=0).images.shape == (1, 3, 40, 40)
+    with pytest.warns(UserWarning, match="not a multiple of 4; generating at 36x32"):
+        odd = pipe.img2img(Image.new("P", (37, 31)), "x", steps=2, seed=0)
+    assert odd.images.shape == (1, 3, 32, 36)
+    mask = Image.new("L", (7, 5), 255)  # another size: resized to the image
+    assert pipe.inpaint(_photo(), mask, "x", steps=2, seed=0).images.shape == (1, 3, SIZE, SIZE)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (
+            lambda p: p.txt2img("x", height=30, width=SIZE),
+            r"height=30 is not a multiple of 4 .*; use 28 or 32",
+        ),
+        (lambda p: p.txt2img("x", height=0, width=SIZE), "positive integer"),
+        (lambda p: p.txt2img("x", sampler="k_lms", height=SIZE, width=SIZE), "unknown sampler"),
+        (lambda p: p.txt2img("x", num_images=0, height=SIZE, width=SIZE), "num_images"),
+        (lambda p: p.txt2img("x", seed=-1, height=SIZE, width=SIZE), "seed"),
+        (lambda p: p.txt2img(None, height=SIZE, width=SIZE), "prompt and negative_prompt must be strings"),
+        (lambda p: p.txt2img("x", latents=torch.zeros(1, 4, 8, 8), height=SIZE, width=SIZE), "latents must"),
+        (lambda p: p.img2img(_photo(), "x", strength=0.0), "strength"),
+        (lambda p: p.img2img(np.zeros((8, 8), np.float32), "x"), "uint8"),
+        (lambda p: p.img2img("no/such/file.png", "x"), "no such image file"),
+        (lambda p: p.img2img(torch.zeros(2, 3, 8, 8), "x"), r"\[C, H, W\]"),
+        (lambda p: p.inpaint(_photo(), torch.full((SIZE, SIZE), 2.0), "x"), "values in \\[0, 1\\]"),
+        (lambda p: p.inpaint(_photo(), torch.zeros(2, 2, SIZE, SIZE), "x"), "mask tensor must be"),
+    ],
+)
+def test_bad_inputs_are_explained(pipe, call, match):
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        call(pipe)
+
+
+def test_fp16_vae_nan_is_retried_in_fp32(pipe, monkeypatch):
+    latents = _latents(1)
+    original = {k: v.clone() for k, v in pipe.vae.state_dict().items()}
+    reference = copy.deepcopy(pipe.vae).half().float().decode(latents)  # fp16 weights, run in fp32
+    calls = []
+    real = type(pipe.vae).decode
+
+    def flaky(self, z, **kw):
+        calls.append(z.dtype)
+        if z.dtype == torch.float16:  # what an fp16 SD VAE does on some latents: overflow to NaN
+            return torch.full((z.shape[0], 3, 2 * z.shape[2], 2 * z.shape[3]), float("nan"), dtype=z.dtype)
+        return real(self, z, **kw)
+
+    monkeypatch.setattr(type(pipe.vae), "decode", flaky)
+    pipe.vae.half()
+    try:
+        with pytest.warns(RuntimeWarning, match="decoding again in float32"):
+            out = pipe._decode(latents)
+        assert pipe.vae_dtype == torch.float16  # put back after the retry
+    finally:
+        pipe.vae.float().load_state_dict(original)
+    assert calls == [torch.float16, torch.float32]
+    torch.testing.assert_close(out, reference, rtol=0, atol=1e-5)

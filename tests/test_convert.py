@@ -53,6 +53,13 @@ def test_ckpt_to_safetensors_copies_every_tensor(ckpt, tmp_path, capsys):
     code, _, _ = _run(capsys, "convert", path, tmp_path / "half.safetensors", "--half")
     with safe_open(str(tmp_path / "half.safetensors"), framework="pt") as f:
         assert f.get_tensor(UNET_PREFIX + "out.2.weight").dtype == torch.float16
+    # A float16 source stays float16 through a model conversion (loaded as float32 in between).
+    assert _run(capsys, "convert", tmp_path / "half.safetensors", tmp_path / "half_folder")[0] == 0
+    assert _run(capsys, "convert", tmp_path / "half_folder", tmp_path / "half2.safetensors")[0] == 0
+    first = load_state_dict(tmp_path / "half.safetensors")
+    second = load_state_dict(tmp_path / "half2.safetensors")
+    key = UNET_PREFIX + "out.2.weight"
+    assert second[key].dtype == torch.float16 and torch.equal(second[key], first[ema_key("out.2.weight")])
 
 
 def test_single_file_to_folder_and_back_round_trips_bit_for_bit(ckpt, tmp_path, capsys):

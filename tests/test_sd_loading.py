@@ -174,6 +174,7 @@ def test_folder_weights_in_fp16_load_as_float32(reference, tmp_path):
     save_file({k: v.half() for k, v in load_file(file).items()}, file)
     models = load_stable_diffusion(root)
     assert models.unet.input_blocks[0][0].weight.dtype == torch.float32
+    assert models.source_dtype == torch.float16
     want = reference["unet"].conv_in.weight.detach().half().float()
     assert torch.equal(models.unet.input_blocks[0][0].weight, want)
     assert load_stable_diffusion(root, dtype=torch.float16).unet.out[2].weight.dtype == torch.float16
@@ -319,3 +320,28 @@ def test_sd2_and_sdxl_folders_are_refused(reference, tmp_path):
     (root / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(FileNotFoundError, match="vae component is missing"):
         load_stable_diffusion(root)
+
+
+def test_full_size_sd15_folder_layout_matches_the_reference_libraries():
+    """Our diffusers configs and key maps at full size build the same parameter set in diffusers and
+    transformers (all on the meta device)."""
+    from ddpm.io.sd_layout import unet_config_to_diffusers, unet_to_diffusers
+    from ddpm.models.autoencoder_convert import vae_config_to_diffusers, vae_to_diffusers
+    from ddpm.models.unet_convert import unet_config_from_diffusers
+
+    with torch.device("meta"):
+        unet, vae, text = UNet(UNetConfig.sd15()), AutoencoderKL(AutoencoderKLConfig.sd15()), CLIPTextModel()
+        config = unet_config_to_diffusers(unet.config)
+        ref_unet = diffusers.UNet2DConditionModel.from_config(config)
+        ref_vae = diffusers.AutoencoderKL.from_config(vae_config_to_diffusers(vae.config))
+        ref_text = transformers.CLIPTextModel(transformers.CLIPTextConfig(**text.config.to_transformers()))
+    assert unet_config_from_diffusers(config) == UNetConfig.sd15()
+
+    def shapes(sd):
+        return {k: tuple(v.shape) for k, v in sd.items()}
+
+    assert shapes(unet_to_diffusers(unet.state_dict(), unet.config)) == shapes(ref_unet.state_dict())
+    assert shapes(vae_to_diffusers(vae.state_dict())) == shapes(ref_vae.state_dict())
+    ref_keys = {k.removeprefix("text_model."): s for k, s in shapes(ref_text.state_dict()).items()
+                if not k.endswith("position_ids")}
+    assert {k.removeprefix("text_model."): s for k, s in shapes(text.state_dict()).items()} == ref_keys

@@ -33,7 +33,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("dest", help="the .safetensors file or the folder to write")
     p.add_argument("--to", choices=("file", "folder"),
                    help="output layout (default: file if DEST ends in .safetensors, else folder)")
-    p.add_argument("--half", action="store_true", help="store floating weights as float16")
+    p.add_argument("--half", action="store_true",
+                   help="store floating weights as float16 (default: as the source stores them)")
     p.add_argument("--no-ema", action="store_true",
                    help="use the plain UNet weights even where the file has EMA ones (model conversions)")
     p.add_argument("--prediction", choices=_PREDICTIONS,
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {dest}: {len(tensors)} tensors copied from {src.name} (sha256 {file_hash(dest)})")
         return 0
     models = load_stable_diffusion(src, prefer_ema=not args.no_ema, prediction=args.prediction)
+    dtype = dtype or models.source_dtype  # float16 weights stay float16 (loaded as float32: exact)
     if to == "file":
         save_single_file(models, dest, dtype=dtype)
         print(f"wrote {dest}: Stable Diffusion single file from {src.name} (sha256 {file_hash(dest)})")

@@ -76,6 +76,7 @@ class StableDiffusionModels:
     scheduler: SchedulerConfig
     source_format: str  # "single_file" or "diffusers_folder"
     model_hash: str  # sha256 prefix: of the file, or of the folder's weight files
+    source_dtype: torch.dtype = torch.float32  # how the UNet weights were stored (often float16)
 
     @property
     def unet_config(self) -> UNetConfig:
@@ -162,6 +163,7 @@ def _load_single_file(
         scheduler=scheduler,
         source_format="single_file",
         model_hash=file_hash(path),
+        source_dtype=_stored_dtype(unet_sd),
     )
 
 
@@ -215,6 +217,7 @@ def _load_folder(
         scheduler=scheduler,
         source_format="diffusers_folder",
         model_hash=digest,
+        source_dtype=_stored_dtype(unet_raw),
     )
 
 
@@ -235,6 +238,15 @@ def _ema_weights(unet_sd: dict[str, Tensor], raw: Mapping[str, Tensor], *, sourc
                       "using the non-EMA weights", RuntimeWarning, stacklevel=4)
         return unet_sd
     return {k: raw[names[k]] for k in unet_sd}
+
+
+def _stored_dtype(sd: Mapping[str, Tensor]) -> torch.dtype:
+    """The floating dtype most of `sd`'s elements are stored in."""
+    counts: dict[torch.dtype, int] = {}
+    for v in sd.values():
+        if v.is_floating_point():
+            counts[v.dtype] = counts.get(v.dtype, 0) + v.numel()
+    return max(counts, key=counts.__getitem__) if counts else torch.float32
 
 
 def _text_keys(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:

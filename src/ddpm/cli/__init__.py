@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 __all__ = ["COMMANDS", "main", "build_parser", "UsageError"]
 
-COMMANDS = ("demo", "train", "sample", "export", "eval", "convert", "img2img", "inpaint")
+COMMANDS = ("demo", "train", "sample", "export", "eval", "convert", "txt2img", "img2img", "inpaint")
 
 
 class UsageError(ValueError):

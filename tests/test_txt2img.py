@@ -1,0 +1,171 @@
+"""Text-to-image end to end: a tiny text model trains a few steps, `TextToImagePipeline` and `ddpm txt2img`
+generate from it (metadata, seeds, guidance, empty / long / unknown prompts), SD checkpoints are refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import ddpm
+from ddpm.cli import main
+from ddpm.config import load_config
+from ddpm.data import register_builtin
+from ddpm.data.shapes import ShapesDataset
+from ddpm.io.images import read_png_metadata
+from ddpm.io.model_file import file_hash, load_model_file
+from ddpm.pipelines.text import TextToImagePipeline
+from ddpm.training import export_model, train
+from ddpm.training.text_conditioning import WordTextConditioner
+
+
+def _tiny_shapes(**kw):
+    return ShapesDataset(split="train", image_size=16, num=24, seed=0)
+
+
+register_builtin("tiny_shapes_for_tests", _tiny_shapes, replace=True)
+
+TINY_TEXT = [
+    "data.dataset=tiny_shapes_for_tests",
+    "data.condition=text",
+    "data.cond_drop_prob=0.25",
+    "model.model_channels=16",
+    "model.channel_mult=[1, 2]",
+    "model.num_res_blocks=1",
+    "model.attention_resolutions=[2]",
+    "model.norm_groups=8",
+    "model.num_head_channels=16",
+    "diffusion.num_timesteps=100",
+    "train.num_threads=1",
+    "train.warmup_steps=1",
+    "train.batch_size=8",
+    "train.steps=3",
+    "train.sample_every=3",
+    "train.log_every=1",
+    "sample.num=8",
+    "sample.steps=2",
+    "sample.guidance_scale=2",
+]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    cfg = load_config(None, [*TINY_TEXT, f"run.dir={str(root)!r}", "run.name=txt"])
+    return train(cfg, progress=False)
+
+
+@pytest.fixture(scope="module")
+def pipe(run):
+    p = TextToImagePipeline.load(run, device="cpu")
+    # Three steps leave the UNet's zero-initialised layers (output conv, attention projections) near zero:
+    # give them weight so that outputs depend visibly on the prompt.
+    torch.manual_seed(1)
+    for prm in p.unet.parameters():
+        if prm.abs().max() < 1e-2:
+            prm.data.normal_(0, 0.05)
+    return p
+
+
+def test_a_tiny_text_model_trains_and_stores_its_encoder(run):
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 4 and all("nan" not in r for r in rows[1:])
+    tensors, meta = load_model_file(run / "checkpoints" / "step-3" / "ema.safetensors")
+    assert any(k.startswith("text_encoder.encoder.") for k in tensors)
+    enc = meta["conditioning"]["text_encoder"]
+    assert meta["conditioning"]["type"] == "text" and enc["kind"] == "word_transformer"
+    assert "circle" in enc["tokenizer"]["vocab"]
+    assert meta["unet"]["context_dim"] == enc["config"]["width"]
+    assert (run / "samples" / "step-3.png").is_file()
+
+
+def test_pipeline_loads_the_trained_text_encoder(run):
+    p = TextToImagePipeline.load(run, device="cpu")
+    assert isinstance(p.conditioner, WordTextConditioner)
+    tensors, _ = load_model_file(run / "checkpoints" / "step-3" / "ema.safetensors")
+    key = "text_encoder.encoder.token_embedding.weight"
+    assert torch.equal(p.conditioner.encoder.token_embedding.weight, tensors[key])
+    assert p.model_hash == file_hash(run / "checkpoints" / "step-3" / "ema.safetensors")
+
+
+def test_image_i_depends_on_seed_plus_i_only(pipe):
+    prompts = ["a red circle", "a blue square above a green triangle", "a white triangle"]
+    a, meta = pipe.generate(3, prompts=prompts, seed=5, steps=3, guidance_scale=3, batch_size=2)
+    b, _ = pipe.generate(1, prompts=prompts[1], seed=6, steps=3, guidance_scale=3)
+    assert a.shape == (3, 3, 16, 16) and a.min() >= -1 and a.max() <= 1
+    assert torch.allclose(a[1], b[0], atol=1e-5)
+    assert [m["seed"] for m in meta] == [5, 6, 7] and meta[1]["prompt"] == prompts[1]
+
+
+def test_guidance_scale_one_is_the_conditional_model(pipe):
+    """s = 1 samples the conditional model alone: equal to `ddpm.sample` with the prompt's context and no
+    uncond, and independent of the negative prompt."""
+    prompt = "a small yellow circle to the left of a purple square"
+    x, _ = pipe.generate(2, prompts=prompt, seed=0, steps=4, guidance_scale=1.0)
+    y, _ = pipe.generate(2, prompts=prompt, negative_prompt="a red square", seed=0, steps=4,
+                         guidance_scale=1.0)
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    noise = torch.stack([torch.randn(3, 16, 16, generator=g) for g in gens])
+    with torch.no_grad():
+        ctx = pipe.encode([prompt, prompt])
+        ref = ddpm.sample(pipe.unet, noise, schedule=pipe.schedule, steps=4, prediction="eps",
+                          cond={"context": ctx}, clip_x0="static", generator=gens).clamp(-1, 1)  # fmt: skip
+    assert torch.equal(x, y)
+    assert torch.allclose(x, ref, atol=1e-6)
+
+
+def test_negative_prompt_replaces_the_empty_prompt_under_guidance(pipe):
+    kw = dict(prompts="a red circle", seed=0, steps=3, guidance_scale=4.0)
+    plain, meta = pipe.generate(1, **kw)
+    neg, meta_neg = pipe.generate(1, negative_prompt="a green circle", **kw)
+    same_as_empty, _ = pipe.generate(1, negative_prompt="", **kw)
+    assert torch.equal(plain, same_as_empty)
+    assert not torch.allclose(plain, neg, atol=1e-4)
+    assert meta[0]["negative_prompt"] == "" and meta_neg[0]["negative_prompt"] == "a green circle"
+
+
+def test_empty_long_and_unknown_prompts(pipe):
+    empty, meta = pipe.generate(1, prompts="", seed=0, steps=2, guidance_scale=3.0)
+    assert torch.isfinite(empty).all() and meta[0]["prompt"] == ""
+    long = " ".join(["a large red circle"] * 5)  # 20 words; 14 fit the context
+    with pytest.warns(UserWarning, match=r"6 word\(s\) dropped"):
+        pipe.generate(1, prompts=long, seed=0, steps=2)
+    with pytest.warns(UserWarning, match="'hexagon'"):
+        img, _ = pipe.generate(1, prompts="a red hexagon", seed=0, steps=2)
+    assert torch.isfinite(img).all()
+    with pytest.raises(ValueError, match="one per image"):
+        pipe.generate(3, prompts=["a", "b"], steps=2)
+
+
+def test_txt2img_cli_writes_pngs_with_metadata(run, tmp_path, capsys):
+    model = export_model(run, tmp_path / "txt.safetensors")
+    out = tmp_path / "out"
+    argv = ["txt2img", "--model", str(model), "a red circle above a blue square",
+            "--negative", "a green square", "--guidance", "5", "--steps", "3", "--sampler", "dpmpp_2m",
+            "--seed", "7", "--num", "2", "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    assert "wrote 2 images" in capsys.readouterr().out
+    meta = json.loads(read_png_metadata(out / "00001-seed8.png")["ddpm"])
+    assert meta["prompt"] == "a red circle above a blue square"
+    assert meta["negative_prompt"] == "a green square"
+    assert (meta["seed"], meta["steps"], meta["sampler"], meta["guidance_scale"]) == (8, 3, "dpmpp_2m", 5.0)
+    assert (meta["width"], meta["height"], meta["model_hash"]) == (16, 16, file_hash(model))
+    assert "a red circle above a blue square" in read_png_metadata(out / "grid.png")["parameters"]
+    # No prompt: the unconditional model.
+    assert main(["txt2img", "--model", str(run), "--steps", "2", "--num", "1", "--out", str(tmp_path / "u"),
+                 "--quiet"]) == 0  # fmt: skip
+
+
+def test_txt2img_refuses_stable_diffusion_checkpoints_and_other_models(tmp_path, capsys):
+    sd = tmp_path / "v1-5.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, str(sd))
+    assert main(["txt2img", "--model", str(sd), "a cat", "--out", str(tmp_path / "o")]) == 2
+    assert "Stable Diffusion checkpoint" in capsys.readouterr().err
+    ckpt = tmp_path / "v1-5.ckpt"
+    ckpt.write_bytes(b"not read")
+    assert main(["txt2img", "--model", str(ckpt), "a cat", "--out", str(tmp_path / "o")]) == 2
+    assert "does not support those yet" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError):
+        TextToImagePipeline.load(tmp_path / "missing")

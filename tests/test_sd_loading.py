@@ -287,8 +287,11 @@ def _save(tmp_path, sd, name="x.safetensors"):
         (lambda sd: {k[len(VAE_PREFIX):]: v for k, v in sd.items() if k.startswith(VAE_PREFIX)}, "VAE-only"),
         (lambda sd: {k: v for k, v in sd.items() if not k.startswith(VAE_PREFIX)}, "the VAE is missing"),
         (lambda sd: {"string_to_param.*": torch.zeros(1, 768)}, "textual-inversion embedding"),
+        (lambda sd: {**sd, "cond_stage_model.model.transformer.resblocks.0.ln_1.weight": torch.ones(4)},
+         "OpenCLIP"),
+        (lambda sd: {"down_blocks.0.resnets.0.conv1.weight": torch.zeros(1)}, "diffusers layout"),
     ],
-    ids=["sd2", "sdxl", "lora", "vae-only", "no-vae", "embedding"],
+    ids=["sd2", "sdxl", "lora", "vae-only", "no-vae", "embedding", "sd2-openclip", "diffusers-part"],
 )
 def test_wrong_files_name_the_likely_cause(ldm, tmp_path, edit, message):
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):

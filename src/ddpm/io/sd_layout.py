@@ -258,21 +258,21 @@ def foreign_checkpoint_cause(keys: list[str]) -> str | None:
     if some(lambda k: k.startswith("cond_stage_model.model.")):
         return ("its text encoder is OpenCLIP (`cond_stage_model.model.`): this is an SD 2.x checkpoint, "
                 "which is not supported yet")
+    if some(lambda k: k.startswith(UNET_PREFIX)):
+        return None
     if some(lambda k: "lora_" in k or ".lora." in k or k.endswith(".alpha")):
         return ("it holds LoRA weights (`lora_` keys): a LoRA is a small add-on to a base model, not a full "
                 "checkpoint; load the base model it was trained for")
     if some(lambda k: k.startswith(("string_to_param", "emb_params", "clip_l", "clip_g"))):
         return "it is a textual-inversion embedding, not a full checkpoint"
-    if some(lambda k: k.startswith(UNET_PREFIX)):
-        return None
+    if some(lambda k: "down_blocks." in k or k.startswith("mid_block.")):
+        return ("its keys are in the diffusers layout (`down_blocks.*`): it is one component of a diffusers "
+                "folder; load the whole folder instead")
     if keys and all(k.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv.", "loss."))
                     for k in keys):
         return ("it holds only autoencoder weights (`encoder.*`, `decoder.*`): a VAE-only file, not a full "
                 "checkpoint; load it with ddpm.models.autoencoder_convert.load_vae_single_file")
-    if some(lambda k: k.startswith(("down_blocks.", "mid_block.", "conv_in."))):
-        return ("its keys are in the diffusers layout (`down_blocks.*`): it is one component of a diffusers "
-                "folder; load the whole folder instead")
-    if some(lambda k: k.startswith(("text_model.", "encoder.layers."))):
+    if some(lambda k: k.startswith(("text_model.", "encoder.layers.", "embeddings."))):
         return "it holds only a text encoder, not a full checkpoint"
     return (f"it has no `{UNET_PREFIX}*` keys, so it is not a Stable Diffusion checkpoint "
             f"(its first keys: {keys[:3]})")

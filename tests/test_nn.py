@@ -30,15 +30,6 @@ def randomize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return module
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster than two, and immune to a busy machine's scheduling."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def naive_attention(q, k, v):
     """softmax(Q K^T / sqrt(d)) V on `[B, h, L, d]` (Vaswani et al. 2017, Eq. 1)."""
     w = torch.einsum("bhld,bhsd->bhls", q, k) / math.sqrt(q.shape[-1])

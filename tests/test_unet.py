@@ -38,15 +38,6 @@ def tiny(**overrides) -> UNetConfig:
     return UNetConfig.from_dict({**base, **overrides})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread is faster than two, and immune to a busy machine's scheduling."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -21,8 +21,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "Convert a checkpoint. File to .safetensors file: every tensor is copied as it is (keys "
             "unchanged, EMA copies included), only the container changes, so it works for any weights file. "
             "Single file to folder, folder to file or folder to folder: the Stable Diffusion 1.x model is "
-            "loaded (EMA weights preferred) and written in the other layout. Pickled inputs are read with a "
-            "loader that cannot run code; a file that needs code is refused."
+            "loaded (EMA weights preferred) and written in the other layout; --prediction or --no-ema make a "
+            "file-to-file conversion such a model conversion too. Pickled inputs are read with a loader that "
+            "cannot run code; a file that needs code is refused."
         ),
         epilog=(
             "examples: ddpm convert v1-5.ckpt v1-5.safetensors | "

@@ -17,7 +17,6 @@ behaviour and keeps none of the pickled state, and placeholders never reach the 
 from __future__ import annotations
 
 import json
-import math
 import pickle
 import re
 import struct
@@ -281,7 +280,3 @@ def _existing(path: str | Path) -> Path:
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     return path
 
-
-def tensor_bytes(tensors: Mapping[str, Tensor]) -> int:
-    """Total bytes of `tensors` (for progress and size reports)."""
-    return sum(math.prod(v.shape) * v.element_size() for v in tensors.values())

@@ -348,3 +348,27 @@ def test_full_size_sd15_folder_layout_matches_the_reference_libraries():
     ref_keys = {k.removeprefix("text_model."): s for k, s in shapes(ref_text.state_dict()).items()
                 if not k.endswith("position_ids")}
     assert {k.removeprefix("text_model."): s for k, s in shapes(text.state_dict()).items()} == ref_keys
+
+
+def test_inpainting_unet_travels_both_layouts(from_folder, tmp_path):
+    """A 9-channel UNet (latent + mask + masked-image latent) is read from the shapes of a single file and
+    written as an inpainting pipeline folder."""
+    from dataclasses import replace
+
+    torch.manual_seed(4)
+    models = replace(from_folder, unet=UNet(from_folder.unet.config.replace(in_channels=9)).eval())
+    single = load_stable_diffusion(save_single_file(models, tmp_path / "inpaint.safetensors"))
+    assert single.unet.config == models.unet.config
+    folder = save_diffusers_folder(single, tmp_path / "inpaint")
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionInpaintPipeline"
+    back = load_stable_diffusion(folder)
+    assert back.unet.config.in_channels == 9
+    assert torch.equal(back.unet.input_blocks[0][0].weight, models.unet.input_blocks[0][0].weight)
+
+
+def test_partial_ema_falls_back_to_plain_weights_with_a_warning(ldm, tmp_path, from_folder):
+    sd = {k: v for k, v in ldm.items() if k != ema_key("out.2.weight")}
+    with pytest.warns(RuntimeWarning, match="EMA weights for only"):
+        models = load_stable_diffusion(_save(tmp_path, sd))
+    assert torch.equal(models.unet.out[2].bias, from_folder.unet.out[2].bias + 1.0)  # the plain copy

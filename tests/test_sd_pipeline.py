@@ -429,3 +429,32 @@ def test_fp16_vae_nan_is_retried_in_fp32(pipe, monkeypatch):
         pipe.vae.float().load_state_dict(original)
     assert calls == [torch.float16, torch.float32]
     torch.testing.assert_close(out, reference, rtol=0, atol=1e-5)
+
+
+def test_generation_kwargs_refuses_what_cannot_be_regenerated():
+    with pytest.raises(ValueError, match="lacks"):
+        generation_kwargs({"prompt": "x"})
+    meta = dict(
+        prompt="x",
+        negative_prompt="",
+        steps=2,
+        guidance_scale=7.5,
+        sampler="ddim",
+        spacing="leading",
+        karras=False,
+        height=32,
+        width=32,
+        seed=1,
+        eta=0.0,
+        clip_skip=0,
+        latents_supplied=True,
+    )
+    with pytest.raises(ValueError, match="pass the same latents"):
+        generation_kwargs(meta)
+    meta.update(latents_supplied=False, mode="img2img", strength=0.5)
+    assert generation_kwargs(meta)["strength"] == 0.5 and generation_kwargs(meta)["seed"] == 1
+
+
+def test_load_refuses_unknown_dtypes(ref):
+    with pytest.raises(ValueError, match="unknown dtype 'fp8'"):
+        StableDiffusion.load(ref["root"], device="cpu", dtype="fp8")

@@ -27,7 +27,7 @@ from .. import schedules
 from ..models.autoencoder import AutoencoderKLConfig
 from ..models.text_encoder import CLIPTextConfig
 from ..models.unet import UNetConfig
-from ..models.unet_convert import _RESNET_LEAVES, _prefix_map
+from ..models.unet_convert import RESNET_LEAVES, prefix_map
 
 __all__ = [
     "UNET_PREFIX",
@@ -379,8 +379,8 @@ def unet_config_to_diffusers(config: UNetConfig) -> dict[str, Any]:
 def unet_to_diffusers(state_dict: Mapping[str, Tensor], config: UNetConfig) -> dict[str, Tensor]:
     """Our UNet state dict -> diffusers `UNet2DConditionModel` names (the inverse of
     `unet_convert.diffusers_unet_state_dict` for cross-attention UNets)."""
-    prefixes = {ours: theirs for theirs, ours in _prefix_map(config).items()}
-    resnet = {ours: theirs for theirs, ours in _RESNET_LEAVES.items()}
+    prefixes = {ours: theirs for theirs, ours in prefix_map(config).items()}
+    resnet = {ours: theirs for theirs, ours in RESNET_LEAVES.items()}
     out: dict[str, Tensor] = {}
     unknown = []
     for key, value in state_dict.items():

@@ -34,7 +34,7 @@ from .unet import UNet, UNetConfig
 
 __all__ = ["unet_config_from_diffusers", "diffusers_unet_state_dict", "unet_from_diffusers"]
 
-_RESNET_LEAVES = {
+RESNET_LEAVES = {
     "norm1": "in_layers.0",
     "conv1": "in_layers.2",
     "time_emb_proj": "emb_layers.1",
@@ -156,7 +156,7 @@ def unet_config_from_diffusers(config: Mapping[str, Any]) -> UNetConfig:
     )
 
 
-def _prefix_map(cfg: UNetConfig) -> dict[str, str]:
+def prefix_map(cfg: UNetConfig) -> dict[str, str]:
     """diffusers module prefix -> ours, for every block of `cfg`."""
     n, levels = cfg.num_res_blocks, len(cfg.channel_mult)
     attn = [2**i in cfg.attention_resolutions for i in range(levels)]
@@ -196,7 +196,7 @@ def _prefix_map(cfg: UNetConfig) -> dict[str, str]:
 
 def diffusers_unet_state_dict(state_dict: Mapping[str, Tensor], config: UNetConfig) -> dict[str, Tensor]:
     """Rename a diffusers UNet state dict to our layout for `config` (see the module table)."""
-    prefixes = _prefix_map(config)
+    prefixes = prefix_map(config)
     out: dict[str, Tensor] = {}
     qkv: dict[tuple[str, str], dict[int, Tensor]] = {}
     unknown = []
@@ -212,10 +212,10 @@ def diffusers_unet_state_dict(state_dict: Mapping[str, Tensor], config: UNetConf
         ours, leaf = prefixes[head], ".".join(parts[cut:])
         if ".resnets." in head:
             module, _, param = leaf.rpartition(".")
-            if module not in _RESNET_LEAVES:
+            if module not in RESNET_LEAVES:
                 unknown.append(key)
                 continue
-            out[f"{ours}.{_RESNET_LEAVES[module]}.{param}"] = value
+            out[f"{ours}.{RESNET_LEAVES[module]}.{param}"] = value
         elif ".attentions." in head and config.context_dim is None:
             module, _, param = leaf.rpartition(".")
             if module in _QKV:

@@ -209,7 +209,9 @@ class CLIPTextModel(nn.Module):
         self.config = CLIPTextConfig() if config is None else config
         self.text_model = _TextTransformer(self.config)
         self.register_load_state_dict_pre_hook(_accept_checkpoint_layouts)
-        self.reset_parameters()
+        if not self.text_model.embeddings.token_embedding.weight.is_meta:
+            # On the meta device (layout checks, loaders that fill weights later) there is nothing to draw.
+            self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

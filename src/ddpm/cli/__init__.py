@@ -15,7 +15,9 @@ from collections.abc import Sequence
 
 __all__ = ["COMMANDS", "main", "build_parser", "UsageError"]
 
-COMMANDS = ("demo", "train", "sample", "export", "eval", "convert", "txt2img", "img2img", "inpaint")
+COMMANDS = (
+    "demo", "train", "sample", "export", "eval", "data", "convert", "txt2img", "img2img", "inpaint",
+)
 
 
 class UsageError(ValueError):

@@ -17,6 +17,11 @@ HELP = "train a small class-conditional digits model, sample a grid, print its m
 
 # Keys that training derives from [data] and [diffusion] and writes back into the run's config.toml.
 _RESOLVED_MODEL_KEYS = ("in_channels", "out_channels", "num_classes", "learned_variance")
+# Keys that change how a run executes, not what it learns: an existing demo run is still "the same run".
+_HOW_TRAIN_KEYS = (
+    "steps", "num_threads", "device", "compile", "log_every", "checkpoint_every", "keep_last", "sample_every",
+    "max_nonfinite",
+)  # fmt: skip
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -49,7 +54,7 @@ def _comparable(config: Any) -> dict[str, Any]:
 
     d = config_to_dict(config)
     d["model"] = {k: v for k, v in d["model"].items() if k not in _RESOLVED_MODEL_KEYS}
-    d["train"] = {k: v for k, v in d["train"].items() if k != "steps"}
+    d["train"] = {k: v for k, v in d["train"].items() if k not in _HOW_TRAIN_KEYS}
     return d
 
 

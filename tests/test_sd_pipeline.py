@@ -355,17 +355,34 @@ def test_inpaint_with_latent_blending_keeps_the_unmasked_region(pipe, monkeypatc
     assert (z[..., inside] - init[..., inside]).abs().min() > 1e-4  # every repainted cell changed
 
 
-def test_inpainting_checkpoint_uses_nine_channels(tmp_path):
+def test_inpainting_checkpoint_matches_diffusers(tmp_path):
+    """The 9-channel UNet path against StableDiffusionInpaintPipeline, one image per call: for several images
+    diffusers draws the shared init and masked-image latents from the first generator only, while ours
+    draws them per image (so each image is the same at any batch position)."""
     torch.manual_seed(0)
     unet, vae, text = _components(in_channels=9)
     root = _save_folder(tmp_path / "inpaint", unet, vae, text, "StableDiffusionInpaintPipeline")
     pipe = StableDiffusion.load(root, device="cpu")
     assert pipe.inpainting_model
-    mask = torch.zeros(SIZE, SIZE)
-    mask[:, SIZE // 2 :] = 1
-    out = pipe.inpaint(_photo(), mask, "a door", steps=3, seed=0)
-    assert out.images.shape == (1, 3, SIZE, SIZE) and bool(torch.isfinite(out.images).all())
-    assert out.metadata[0]["inpainting"] == "9-channel UNet"
+    tokenizer = transformers.CLIPTokenizer.from_pretrained(root / "tokenizer")
+    m = np.zeros((SIZE, SIZE), np.uint8)
+    m[6:20, 10:28] = 255
+    mask = Image.fromarray(m)
+    for sampler, karras, strength in (("dpmpp_2m", True, 1.0), ("ddim", False, 0.7)):
+        reference = diffusers.StableDiffusionInpaintPipeline(
+            vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
+            scheduler=SCHEDULERS[(sampler, karras)](), safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False,
+        )  # fmt: skip
+        expected = reference(
+            PROMPT, image=_photo(), mask_image=mask, strength=strength, negative_prompt=NEGATIVE,
+            num_inference_steps=10, guidance_scale=5.0, generator=[torch.Generator().manual_seed(7)],
+            height=SIZE, width=SIZE, output_type="np",
+        ).images  # fmt: skip
+        ours = pipe.inpaint(_photo(), mask, PROMPT, strength=strength, negative_prompt=NEGATIVE, steps=10,
+                            guidance_scale=5.0, sampler=sampler, karras=karras, seed=7)  # fmt: skip
+        assert np.abs(_unit(ours.images) - expected).max() < TOL, (sampler, strength)
+    assert ours.metadata[0]["inpainting"] == "9-channel UNet"
     with pytest.raises(ValueError, match="inpainting checkpoint"):
         pipe.txt2img("a door", steps=2, height=SIZE, width=SIZE)
 

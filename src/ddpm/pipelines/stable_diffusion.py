@@ -9,13 +9,15 @@ Defaults travel with the model (`StableDiffusionModels.scheduler`): SD 1.x's sca
 SD 1.x's scheduler configs, so the same settings give the same images as `StableDiffusionPipeline`.
 
 Seeds (DESIGN.md): image i of a call uses `torch.Generator().manual_seed(seed + i)` on the CPU for, in
-order, its VAE posterior draw (img2img/inpaint), its starting noise `[4, h, w]` and any sampler noise, so
-it is the same alone or at any batch position.
+order, its VAE posterior draw (img2img; inpainting below strength 1 or by blending), its starting noise
+`[4, h, w]`, the masked image's posterior draw (9-channel inpainting) and any sampler noise, so it is
+the same alone or at any batch position.
 
-Inpainting: a 9-channel UNet (SD inpainting checkpoints) gets `[latents, mask, masked-image latents]`;
-an ordinary 4-channel UNet gets latent blending: before every model call the kept region of x_t is
-replaced by the init latents noised to that call's level with the run's own noise, and the result keeps
-the init latents there (the latent mask is 1 wherever any pixel of the cell is repainted).
+Inpainting: a 9-channel UNet (SD inpainting checkpoints) gets `[latents, mask, masked-image latents]`,
+as diffusers' StableDiffusionInpaintPipeline feeds it; an ordinary 4-channel UNet gets latent blending
+(`sd_inpaint.py`): before every model call the kept region of x_t is replaced by the init latents noised
+to that call's level with the run's own noise, and the result keeps the init latents there (the latent
+mask is 1 wherever any pixel of the cell is repainted).
 """
 
 from __future__ import annotations
@@ -418,10 +420,12 @@ class StableDiffusion:
         from .. import sample
 
         b, dev, dtype = len(gens), self.device, self.dtype
+        # generator order per image, as diffusers' pipelines draw: init-latent sample (img2img; inpainting
+        # below strength 1 or by blending), starting noise, masked-image latent sample (9-channel UNet)
         init = None
-        if pixels is not None:
-            posterior = self.vae.encode_posterior(pixels.to(dev, self.vae_dtype).expand(b, -1, -1, -1))
-            init = self.vae.scale_latents(posterior.sample(generator=gens)).to(dtype)
+        nine = mode == "inpaint" and self.inpainting_model
+        if pixels is not None and not (nine and strength >= 1.0):
+            init = self._encode_image(pixels.expand(b, -1, -1, -1), gens).to(dtype)
         if latents is None:
             noise = torch.stack([torch.randn(shape, generator=g) for g in gens])
         else:
@@ -430,16 +434,17 @@ class StableDiffusion:
         extra: dict[str, Tensor] = {}
         model: Callable[..., Tensor] = self._unet_call
         if mode == "inpaint":
-            assert pixels is not None and mask is not None and init is not None
+            assert pixels is not None and mask is not None
             m_lat = latent_mask(mask, shape[1:]).to(dev, dtype).expand(b, -1, -1, -1)
-            if self.inpainting_model:
-                kept = pixels.to(dev, self.vae_dtype) * (mask.to(dev, self.vae_dtype) < 0.5)
-                masked = self.vae.encode(kept).to(dtype).expand(b, -1, -1, -1)
+            if nine:
+                kept = (pixels * (mask < 0.5)).expand(b, -1, -1, -1)
+                masked = self._encode_image(kept, gens).to(dtype)
                 m_in = F.interpolate(mask, size=shape[1:], mode="nearest")  # as SD's inpainting training
                 m_in = m_in.to(dev, dtype).expand(b, -1, -1, -1)
                 extra["inpaint"] = torch.cat([m_in, masked], dim=1)
                 model = inpainting_unet(self._unet_call)
             else:
+                assert init is not None
                 extra["blend"] = torch.cat([init, noise, m_lat], dim=1)
                 model = blending_unet(
                     self._unet_call, self.schedule, sampler=sampler, steps=steps, spacing=spacing,
@@ -461,6 +466,11 @@ class StableDiffusion:
             assert init is not None
             x0 = torch.lerp(init.to(x0.dtype), x0, m_lat.to(x0.dtype))
         return x0
+
+    def _encode_image(self, pixels: Tensor, gens: list[torch.Generator]) -> Tensor:
+        """Images `[B, 3, H, W]` -> scaled latents drawn from q(z|x), row i with generator i (LDM §3)."""
+        posterior = self.vae.encode_posterior(pixels.to(self.device, self.vae_dtype))
+        return self.vae.scale_latents(posterior.sample(generator=gens))
 
     @property
     def vae_dtype(self) -> torch.dtype:

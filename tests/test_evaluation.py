@@ -320,3 +320,24 @@ def test_digits_judge_is_a_meaningful_judge():
     judge = EvalContext(pipe).judge()
     assert judge.info["num_test"] == 180 and judge.info["num_train"] == 1617
     assert judge.test_accuracy >= 0.97
+
+
+def test_fd_on_unlabelled_data_needs_an_extractor(bars_judge):
+    pipe = FakePipe(*_bars(60, 3))
+    pipe.meta = {"conditioning": {"type": "none"}, "data": {"dataset": "blobs"}}
+    real = (_bars(200, 2)[0], None)  # an unlabelled dataset
+    ctx = EvalContext(pipe, EvalOptions(num=30, fd_repeats=2))
+    ctx._real = {"train": real, "test": real}
+    ctx._samples, ctx._sample_labels = _bars(30, 4)[0], None
+    assert "has none" in METRICS["fd"].unavailable(ctx)  # left out of the default set ...
+    with pytest.raises(ValueError, match="'fd' does not apply: .*has none; pass a feature_extractor"):
+        evaluate(ctx, "fd")  # ... and asking for it says why
+
+    def mean_rows(images):  # a toy extractor: per-row means, [N, 8]
+        return images.mean(dim=(1, 3))
+
+    ctx = EvalContext(pipe, EvalOptions(num=30, fd_repeats=2), feature_extractor=mean_rows)
+    ctx._real = {"train": real, "test": real}
+    ctx._samples, ctx._sample_labels = _bars(30, 4)[0], None
+    fd = evaluate(ctx, "fd")["fd"]
+    assert fd.details["features"] == "mean_rows" and not fd.details["stratified"] and fd.details["num"] == 30

@@ -167,6 +167,11 @@ class EvalContext:
             )
         return self._judge
 
+    @property
+    def has_extractor(self) -> bool:
+        """Whether features come from a given extractor rather than the judge."""
+        return self._extractor is not None
+
     def features(self, key: str, images: Tensor) -> Tensor:
         """Features `[N, D]` of `images` under the extractor in use, memoised under `key`."""
         if key not in self._features:

@@ -106,6 +106,11 @@ def _fd(ctx: EvalContext) -> MetricResult:
 def _fd_unavailable(ctx: EvalContext) -> str | None:
     if ctx.conditioning not in ("none", "class"):
         return f"fd compares generated and real images; {ctx.conditioning}-conditional sampling needs prompts"
+    if not ctx.has_extractor and ctx.real("train")[1] is None:
+        return (
+            f"fd uses the features of a judge trained on class labels, and {ctx.dataset_name!r} has none; "
+            "pass a feature_extractor to EvalContext"
+        )
     return None
 
 

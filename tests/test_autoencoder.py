@@ -227,6 +227,21 @@ def test_diffusers_old_attention_names_and_inverse_mapping():
     assert set(back) == set(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
 
 
+def test_legacy_pickled_folder_with_old_names_loads(tmp_path):
+    """Older diffusers folders: `diffusion_pytorch_model.bin` (read with torch's restricted unpickler) whose
+    attention is `query/key/value/proj_attn`."""
+    ref = _diffusers_vae()
+    old = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+    sd = {}
+    for k, v in ref.state_dict().items():
+        for new, legacy in old.items():
+            k = k.replace(f"attentions.0.{new}.", f"attentions.0.{legacy}.")
+        sd[k] = v
+    torch.save(sd, tmp_path / "diffusion_pytorch_model.bin")
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL", **dict(ref.config)}))
+    _compare(load_vae_folder(tmp_path).eval(), ref)
+
+
 def test_single_file_route_matches(tmp_path):
     ref = _diffusers_vae()
     config = vae_config_from_diffusers(ref.config)

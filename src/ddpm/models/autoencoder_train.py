@@ -33,6 +33,7 @@ __all__ = [
     "VAELoss",
     "vae_loss",
     "psnr",
+    "load_photo",
     "photo_crops",
     "face_images",
     "evaluate_psnr",
@@ -102,7 +103,7 @@ def _skimage_file(name: str) -> Path:
     return path
 
 
-def _load_photo(name: str) -> Tensor:
+def load_photo(name: str) -> Tensor:
     """A shipped photo as `[3, H, W]` in [0, 1] (grey replicated to RGB)."""
     from PIL import Image
 
@@ -118,7 +119,7 @@ def photo_crops(names: Sequence[str], *, size: int = 32, shorter_side: int = 256
         raise ValueError(f"need 1 <= size <= shorter_side; got size={size}, shorter_side={shorter_side}")
     crops = []
     for name in names:
-        img = resize_shorter_side(_load_photo(name), shorter_side)
+        img = resize_shorter_side(load_photo(name), shorter_side)
         h, w = img.shape[-2:]
         top, left = (h % size) // 2, (w % size) // 2
         grid = img[:, top:top + h // size * size, left:left + w // size * size]

@@ -14,6 +14,7 @@ Logging, the preview grid and checkpoints happen on their cadences, on rank 0 on
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import sys
@@ -126,14 +127,16 @@ class Trainer:
             config = config or saved
         else:
             self.run_dir = Path(config.run.dir) / config.run.name
-        self.config = cfg = config
+        self.config = cfg = copy.deepcopy(config)  # [model] gets filled in: keep the caller's intact
         self.progress = progress
         self.stop_after = stop_after
         self.env, self.device = setup_distributed(cfg.train.device)
+        self._threads_before = torch.get_num_threads()
         try:
             self._build(saved, resume)
         except BaseException:
             self.env.close()
+            torch.set_num_threads(self._threads_before)
             raise
 
     # ----------------------------------------------------------------------------------------- setup
@@ -142,7 +145,6 @@ class Trainer:
 
         cfg, env, device = self.config, self.env, self.device
         tc = cfg.train
-        self._threads_before = torch.get_num_threads()
         if tc.num_threads > 0:
             torch.set_num_threads(tc.num_threads)
         parts = env.world_size * tc.grad_accum

@@ -21,19 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..sampling.grid import GRIDS
+from ..sampling import sampler_grid
 from ..schedules import DiscreteSchedule
 
 __all__ = ["latent_mask", "inpainting_unet", "blending_unet"]
-
-# The grid family `ddpm.sample` builds for each sampler (sampling/api.py): the blend reads each call's
-# noise level from the same grid.
-GRID_FAMILY = {
-    "ddpm": "discrete", "ddim": "discrete", "plms": "discrete",
-    "euler": "sigma", "euler_a": "sigma", "heun": "sigma",
-    "dpmpp_2m": "dpm",
-}  # fmt: skip
-
 
 def latent_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
     """Pixel mask `[1, 1, H, W]` -> latent mask `[1, 1, h, w]`: a cell is repainted if any pixel of it is."""
@@ -63,10 +54,9 @@ def blending_unet(
 ) -> Callable[..., Tensor]:
     """A 4-channel UNet seeing x_t with its kept region replaced by z_0 noised to the call's level; the
     condition `blend` `[B, 9, h, w]` holds (z_0, n, m)."""
-    if sampler not in GRID_FAMILY:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(GRID_FAMILY)}")
-    grid = GRIDS[GRID_FAMILY[sampler]](
-        schedule, steps, spacing, steps_offset=steps_offset, karras=karras, final_sigma=final_sigma
+    # the very grid ddpm.sample walks, so the blend reads each call's noise level from it
+    grid = sampler_grid(
+        sampler, schedule, steps, spacing, steps_offset=steps_offset, karras=karras, final_sigma=final_sigma
     )
     levels = [(float(t), float(ab)) for t, ab in zip(grid.timesteps.tolist(), grid.alpha_bars.tolist())]
     levels.append((0.0, float(grid.alpha_bars[-1])))  # the terminal point (Heun may evaluate there)

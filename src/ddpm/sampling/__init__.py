@@ -16,7 +16,7 @@
 Spacings keep the meaning diffusers gives them for the scheduler in the same row (see `grid.py`).
 """
 
-from .api import SAMPLERS, sample
+from .api import SAMPLERS, sample, sampler_grid
 from .denoiser import Denoised, Denoiser, dynamic_threshold
 from .grid import Grid, discrete_grid, dpm_grid, sigma_grid
 from .noise import randn
@@ -24,6 +24,7 @@ from .noise import randn
 __all__ = [
     "sample",
     "SAMPLERS",
+    "sampler_grid",
     "randn",
     "Grid",
     "discrete_grid",

@@ -20,7 +20,7 @@ from .grid import GRIDS, Grid
 from .noise import Generators, check_generators, noise_source
 from .plms import plms
 
-__all__ = ["sample", "SAMPLERS"]
+__all__ = ["sample", "SAMPLERS", "sampler_grid"]
 
 
 class _Family(NamedTuple):
@@ -48,6 +48,23 @@ _FAMILIES = {
     "heun": _Family("sigma", True, False),
     "dpmpp_2m": _Family("dpm", False, False),
 }
+
+
+def sampler_grid(
+    sampler: str,
+    schedule: DiscreteSchedule,
+    steps: int,
+    spacing: str = "trailing",
+    *,
+    steps_offset: int = 0,
+    karras: bool = False,
+    final_sigma: str = "zero",
+) -> Grid:
+    """The step grid `ddpm.sample` walks for `sampler` (each family builds it as its diffusers twin does)."""
+    if sampler not in _FAMILIES:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
+    build = GRIDS[_FAMILIES[sampler].grid]
+    return build(schedule, steps, spacing, steps_offset=steps_offset, karras=karras, final_sigma=final_sigma)
 
 
 def _start(
@@ -133,8 +150,8 @@ def sample(
     check_generators(generator, batch)
     check_conditions(cond, uncond, batch)
 
-    grid = GRIDS[family.grid](
-        schedule, steps, spacing, steps_offset=steps_offset, karras=karras, final_sigma=final_sigma
+    grid = sampler_grid(
+        sampler, schedule, steps, spacing, steps_offset=steps_offset, karras=karras, final_sigma=final_sigma
     )
     # the sampler's state stays in float32 for half-precision noise (x in sigma space reaches sigma_max |z|)
     work = torch.float32 if noise.dtype in (torch.float16, torch.bfloat16) else noise.dtype

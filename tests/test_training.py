@@ -236,3 +236,15 @@ def test_schedules_of_lr_and_ema():
     assert ema_decay_at(0, decay=0.999, warmup=True) == pytest.approx(0.1)
     assert ema_decay_at(10**6, decay=0.999, warmup=True) == 0.999
     assert ema_decay_at(0, decay=0.999, warmup=False) == 0.999
+
+
+def test_bf16_autocast_trains_like_float32(tmp_path):
+    # The CUDA default; on CPU it runs through torch.autocast("cpu", bfloat16) when asked for.
+    rows = {}
+    for mp in ("no", "bf16"):
+        run = train(tiny_config(tmp_path, mp, f"train.mixed_precision={mp}", "train.steps=3",
+                                "data.condition=class"), progress=False)
+        rows[mp] = metrics(run)
+    for a, b in zip(rows["no"], rows["bf16"]):
+        assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=0.03)
+        assert math.isfinite(float(b["grad_norm"]))

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
-import signal
 import sys
-import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -38,6 +36,7 @@ from .distributed import setup_distributed
 from .ema import EMA
 from .export import from_file_keys, model_meta, to_file_keys
 from .metrics import MetricsLog, write_preview
+from .signals import StopOnSignals
 
 __all__ = ["train", "Trainer", "TrainingDiverged", "DiffusionModule", "resolve_unet_config", "lr_at"]
 
@@ -356,7 +355,7 @@ class Trainer:
     def run(self) -> Path:
         """Train to `train.steps` (or `stop_after`, or a stop signal), checkpointing on the way."""
         try:
-            with self._signals():
+            with StopOnSignals(self.request_stop, lambda: self._stop_requested):
                 return self._run()
         finally:
             self.env.close()
@@ -457,28 +456,6 @@ class Trainer:
         """Finish the current step, save a checkpoint and return (what SIGTERM / Ctrl-C do)."""
         self._stop_requested = True
         self._stop_signal = reason
-
-    def _signals(self) -> Any:
-        trainer = self
-
-        class _Handlers:
-            def __enter__(self) -> None:
-                self.previous = {}
-                if threading.current_thread() is not threading.main_thread():
-                    return
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    self.previous[sig] = signal.signal(sig, self.handle)
-
-            def handle(self, signum: int, frame: Any) -> None:
-                if trainer._stop_requested and signum == signal.SIGINT:
-                    raise KeyboardInterrupt  # a second Ctrl-C aborts without waiting for the checkpoint
-                trainer.request_stop(signal.Signals(signum).name)
-
-            def __exit__(self, *exc: Any) -> None:
-                for sig, handler in self.previous.items():
-                    signal.signal(sig, handler)
-
-        return _Handlers()
 
 
 def train(

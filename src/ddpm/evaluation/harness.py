@@ -46,7 +46,8 @@ def evaluate(ctx: EvalContext, metrics: str | Sequence[str] | None = None) -> di
 
 
 def _fmt(value: float) -> str:
-    return f"{value:.4g}" if abs(value) >= 1 else f"{value:.4f}"
+    a = abs(value)
+    return f"{value:.4f}" if a < 1 else f"{value:.3f}" if a < 10 else f"{value:.4g}"
 
 
 def format_table(results: dict[str, MetricResult]) -> str:

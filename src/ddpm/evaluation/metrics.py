@@ -151,6 +151,7 @@ def _accuracy_unavailable(ctx: EvalContext) -> str | None:
 # The fixed reverse variance used in the bound for models that do not learn one: beta~_t, the true posterior
 # variance, so that a perfect mean gives zero KL at every t >= 1 (with beta_t it never does).
 BPD_VARIANCE = "fixed_small"
+_BPD_CHUNK, _BPD_T_BATCH = 8, 64  # 512 inputs per model call
 
 
 def _bpd(ctx: EvalContext) -> MetricResult:
@@ -169,14 +170,22 @@ def _bpd(ctx: EvalContext) -> MetricResult:
     gen = torch.Generator().manual_seed(ctx.options.seed)
     conditional = ctx.conditioning == "class" and y is not None
     values = []
-    bs = ctx.options.batch_size
+    # Fixed chunks of images (each model call sees _BPD_CHUNK images at _BPD_T_BATCH timesteps), so the
+    # noise drawn from `gen`, and thus the number, does not depend on --batch-size.
+    chunks = range(0, n, _BPD_CHUNK)
+    if ctx.options.progress:
+        from tqdm import tqdm
+
+        chunks = tqdm(
+            chunks, desc=f"bits/dim ({n} images x {pipe.schedule.num_timesteps} steps)", leave=False
+        )
     with torch.no_grad():
-        for i in range(0, n, bs):
-            xb = x[i : i + bs].to(pipe.device)
-            cond = {"class_labels": y[i : i + bs].to(pipe.device)} if conditional else None
+        for i in chunks:
+            xb = x[i : i + _BPD_CHUNK].to(pipe.device)
+            cond = {"class_labels": y[i : i + _BPD_CHUNK].to(pipe.device)} if conditional else None
             bpd = bits_per_dim(
                 pipe.unet, xb, schedule=pipe.schedule, prediction=diffusion.get("prediction", "eps"),
-                learned_variance=learned, cond=cond, generator=gen, t_batch=max(1, 512 // len(xb)),
+                learned_variance=learned, cond=cond, generator=gen, t_batch=_BPD_T_BATCH,
                 variance=BPD_VARIANCE, clip_x0=True,
             )  # fmt: skip
             values.append(bpd.detach().double().cpu())

@@ -303,6 +303,8 @@ def test_vae_loss_parts_and_psnr():
     x_hat, _ = model(x, sample=True, generator=g())
     torch.testing.assert_close(vae_loss(model, x, reconstruction="l2", generator=g()).reconstruction,
                                (x_hat - x).pow(2).sum() / 2)
+    torch.testing.assert_close(vae_loss(model, x, reconstruction="l1", generator=g()).reconstruction,
+                               (x_hat - x).abs().sum() / 2)
     with pytest.raises(ValueError, match="'l1' or 'l2'"):
         vae_loss(model, x, reconstruction="lpips")
     # [-1, 1] images differing by 0.2 everywhere differ by 0.1 on the [0, 1] scale: MSE 0.01 -> 20 dB
@@ -321,13 +323,13 @@ def test_photo_sets_are_real_and_disjoint():
 
 def test_psnr_rises_within_a_few_dozen_steps():
     """A tiny autoencoder, 30 Adam steps on 16x16 crops of training photos, measured on held-out photos.
-    At seed 0 PSNR went from 11.0 to 14.1 dB (the decoder first learns colours and coarse shading)."""
+    At seed 0 PSNR went from 11.0 to 14.2 dB (the decoder first learns colours and coarse shading)."""
     torch.manual_seed(0)
     model = AutoencoderKL(AutoencoderKLConfig.tiny())
     train = photo_crops(TRAIN_PHOTOS[:4], size=16, shorter_side=128)
     held = photo_crops(HELD_OUT_PHOTOS, size=16, shorter_side=64)
     before = evaluate_psnr(model, held)
-    history = train_autoencoder(model, train, steps=30, batch_size=8, lr=3e-3, eval_images=held, seed=0)
+    history = train_autoencoder(model, train, steps=30, batch_size=8, eval_images=held, seed=0)
     assert history[-1]["step"] == 30 and history[-1]["psnr"] > before + 2.0
     model.config.scaling_factor = estimate_scaling_factor(model, train[:64])
     with torch.no_grad():

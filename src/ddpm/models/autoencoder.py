@@ -129,9 +129,10 @@ class AutoencoderKLConfig:
 
     @classmethod
     def small(cls, **overrides: Any) -> AutoencoderKLConfig:
-        """An f=4 model (954,567 parameters) to train on CPU for 32x32 / 64x64 latent diffusion:
-        `[3, 32, 32]` images become `[4, 8, 8]` latents."""
-        base = dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, norm_groups=8,
+        """An f=4 model (681,911 parameters) to train on CPU for 32x32 / 64x64 latent diffusion:
+        `[3, 32, 32]` images become `[4, 8, 8]` latents. Narrow at full resolution (16 channels), where a
+        CPU spends its time: it trained faster and to a higher PSNR than 32-64-64 channels."""
+        base = dict(base_channels=16, channel_mult=(1, 2, 4), num_res_blocks=1, norm_groups=8,
                     scaling_factor=1.0)
         return cls.from_dict({**cls().to_dict(), **base, **overrides})
 

@@ -254,7 +254,14 @@ def test_single_file_route_matches(tmp_path):
     # a VAE-only file: the same keys without the prefix, plus its training-loss weights
     bare = {k[len(SINGLE_FILE_PREFIX):]: v for k, v in single.items() if k.startswith(SINGLE_FILE_PREFIX)}
     bare["loss.logvar"] = torch.zeros(())
-    _compare(load_vae_single_file(bare, config=config).eval(), ref)
+    loaded = load_vae_single_file(bare, config=config).eval()
+    _compare(loaded, ref)
+    # the loaded model owns its weights: changing them leaves the source untouched
+    with torch.no_grad():
+        loaded.quant_conv.bias.add_(1.0)
+    assert not torch.equal(loaded.quant_conv.bias, bare["quant_conv.bias"])
+    half = load_vae_single_file({k: v.half() for k, v in bare.items()}, config=config, dtype=None)
+    assert half.quant_conv.weight.dtype == torch.float16
 
 
 def test_written_folder_loads_in_diffusers(tmp_path):

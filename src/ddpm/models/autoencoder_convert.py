@@ -254,7 +254,8 @@ def vae_from_state_dict(
     dtype: torch.dtype | None = torch.float32,
     device: str | torch.device = "cpu",
 ) -> AutoencoderKL:
-    """An `AutoencoderKL(config)` holding `state_dict` (our names), checked key by key and shape by shape."""
+    """An `AutoencoderKL(config)` with a copy of `state_dict` (our names), checked key by key and shape by
+    shape; `dtype=None` keeps the weights' own precision."""
     with torch.device("meta"):
         model = AutoencoderKL(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -274,8 +275,12 @@ def vae_from_state_dict(
             f"num_res_blocks={config.num_res_blocks}): missing {missing[:5]}, unexpected {unexpected[:5]}, "
             f"wrong shapes {wrong[:5]}; pass the config the weights were trained with"
         )
-    model.load_state_dict(sd, strict=True, assign=True)
-    return model.to(device=device, dtype=dtype)
+    # Fresh storage, then a copy: the model never aliases the caller's tensors (e.g. another model's weights).
+    if dtype is None:
+        dtype = next(v.dtype for v in sd.values() if v.is_floating_point())
+    model = model.to_empty(device=device).to(dtype=dtype)
+    model.load_state_dict(sd, strict=True)
+    return model
 
 
 def _folder(path: str | Path) -> Path:

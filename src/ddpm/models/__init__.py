@@ -1,6 +1,18 @@
 """ddpm.models: one architecture per file. `UNet` / `UNetConfig` cover the DDPM/ADM pixel models and the
-Stable Diffusion 1.x latent UNet."""
+Stable Diffusion 1.x latent UNet; `AutoencoderKL` is the SD-layout KL autoencoder; `CLIPTextModel` the
+SD-1.x text tower."""
 
+from .autoencoder import AutoencoderKL, AutoencoderKLConfig, DiagonalGaussian
+from .text_encoder import CLIPTextConfig, CLIPTextModel, CLIPTextOutput
 from .unet import UNet, UNetConfig
 
-__all__ = ["UNet", "UNetConfig"]
+__all__ = [
+    "AutoencoderKL",
+    "AutoencoderKLConfig",
+    "CLIPTextConfig",
+    "CLIPTextModel",
+    "CLIPTextOutput",
+    "DiagonalGaussian",
+    "UNet",
+    "UNetConfig",
+]

@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
+from ..io.checkpoint import load_state_dict
 from ..io.model_file import FORMAT, VERSION, atomic_write_bytes, load_model_file, save_model_file
 from .autoencoder import AutoencoderKL, AutoencoderKLConfig
 
@@ -301,10 +300,7 @@ def load_vae_folder(
     weights = next((folder / name for name in _WEIGHT_FILES if (folder / name).is_file()), None)
     if weights is None:
         raise FileNotFoundError(f"{folder} holds no weights; expected one of {list(_WEIGHT_FILES)}")
-    if weights.suffix == ".safetensors":
-        raw = load_file(str(weights))
-    else:  # pickled: the restricted loader only ever builds tensors and plain containers
-        raw = torch.load(weights, map_location="cpu", weights_only=True)
+    raw = load_state_dict(weights)  # format by content; pickles only through the restricted unpickler
     return vae_from_state_dict(vae_from_diffusers(raw), config, dtype=dtype, device=device)
 
 
@@ -320,18 +316,11 @@ def save_vae_folder(model: AutoencoderKL, path: str | Path) -> Path:
 
 
 def _read_single_file(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as f:
-            keys = list(f.keys())
-            wanted = [k for k in keys if k.startswith(SINGLE_FILE_PREFIX)] or keys
-            return {k: f.get_tensor(k) for k in wanted}
-    if path.suffix in (".ckpt", ".pt", ".pth"):
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-        raw = raw.get("state_dict", raw) if isinstance(raw, dict) else raw
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path} does not hold a state dict")
-        return raw
-    raise ValueError(f"unsupported checkpoint type {path.suffix!r}; expected .safetensors or .ckpt")
+    """The autoencoder's tensors of a single file (all tensors when none carry the LDM prefix), read by
+    content through the shared safe reader (`ddpm.io.checkpoint.load_state_dict`) whatever the suffix."""
+    raw = load_state_dict(path)
+    wanted = [k for k in raw if k.startswith(SINGLE_FILE_PREFIX)] or list(raw)
+    return {k: raw[k] for k in wanted}
 
 
 def load_vae_single_file(

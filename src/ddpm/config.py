@@ -3,7 +3,7 @@
 A config file has the sections below; every key is optional and defaults to the value shown by
 `ddpm.config.dump_config(Config())`.
 
-    [run]        name, dir                       -> the run folder dir/name
+    [run]        name, dir, task                 -> the run folder dir/name; task "diffusion" or "autoencoder"
     [data]       dataset, image_size, channels, flip, condition, cond_drop_prob, num_workers
     [model]      the fields of `ddpm.models.UNetConfig`
     [diffusion]  schedule, num_timesteps, beta_start, beta_end, zero_terminal_snr, prediction,
@@ -11,6 +11,7 @@ A config file has the sections below; every key is optional and defaults to the 
     [train]      steps, batch_size, lr, …           (see `TrainConfig`)
     [sample]     sampler, steps, guidance_scale, num (the preview grid written while training)
     [text]       text-conditioning settings (see `TextConfig`)
+    [autoencoder] the KL autoencoder trained when run.task = "autoencoder" (see `AutoencoderTrainConfig`)
 
 TOML has no null: an optional key that is absent takes its default; write the string "none" to set an
 optional key to None explicitly (e.g. `--set diffusion.min_snr_gamma=none`).
@@ -23,14 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
-import tomllib
-
+from .models.autoencoder import AutoencoderKLConfig
 from .models.unet import UNetConfig
 
 __all__ = [
@@ -41,6 +42,8 @@ __all__ = [
     "TrainConfig",
     "SampleConfig",
     "TextConfig",
+    "AutoencoderTrainConfig",
+    "TASKS",
     "load_config",
     "dump_config",
     "config_from_dict",
@@ -54,6 +57,8 @@ PREDICTIONS = ("eps", "x0", "v")
 SCHEDULE_NAMES = ("linear", "cosine", "scaled_linear", "sigmoid")
 MIXED_PRECISION = ("auto", "no", "bf16")
 LR_SCHEDULES = ("constant", "cosine")
+TASKS = ("diffusion", "autoencoder")
+RECONSTRUCTIONS = ("l2", "l1")
 
 
 def _need(ok: bool, message: str) -> None:
@@ -67,14 +72,17 @@ def _choice(section: str, key: str, value: Any, choices: tuple[str, ...]) -> Non
 
 @dataclass
 class RunConfig:
-    """Where the run lives: `dir/name/`."""
+    """Where the run lives: `dir/name/`, and what it trains: "diffusion" (a UNet, [model] and [diffusion])
+    or "autoencoder" (a KL autoencoder, [autoencoder]; see `ddpm.training.autoencoder`)."""
 
     name: str = "run"
     dir: str = "runs"
+    task: str = "diffusion"
 
     def __post_init__(self) -> None:
         _need(bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
               f"run.name must be a plain folder name (no '/'); got {self.name!r}")
+        _choice("run", "task", self.task, TASKS)
 
 
 @dataclass
@@ -236,6 +244,36 @@ class TextConfig:
 
 
 @dataclass
+class AutoencoderTrainConfig:
+    """The KL autoencoder of run.task = "autoencoder": the architecture fields of
+    `ddpm.models.AutoencoderKLConfig` (defaults: its `small()` preset, f = 4) and the objective
+    L_rec + kl_weight * KL of `ddpm.models.autoencoder_train.vae_loss` (LDM, Rombach et al. 2022, App. G).
+    The latent scaling factor is not set here: `ddpm export` estimates it from the training images."""
+
+    latent_channels: int = 4
+    base_channels: int = 16
+    channel_mult: tuple[int, ...] = (1, 2, 4)
+    num_res_blocks: int = 1
+    norm_groups: int = 8
+    mid_attention: bool = True
+    kl_weight: float = 1e-6
+    reconstruction: str = "l2"
+
+    def __post_init__(self) -> None:
+        _need(self.kl_weight >= 0 and math.isfinite(self.kl_weight),
+              f"autoencoder.kl_weight must be a number >= 0; got {self.kl_weight}")
+        _choice("autoencoder", "reconstruction", self.reconstruction, RECONSTRUCTIONS)
+        self.build()  # architecture errors name the field now, not when training starts
+
+    def build(self, *, channels: int = 3, scaling_factor: float = 1.0) -> AutoencoderKLConfig:
+        """The `AutoencoderKLConfig` these fields describe (SD structure otherwise)."""
+        arch = {k: getattr(self, k) for k in ("latent_channels", "base_channels", "channel_mult",
+                                              "num_res_blocks", "norm_groups", "mid_attention")}
+        return AutoencoderKLConfig(in_channels=channels, out_channels=channels, scaling_factor=scaling_factor,
+                                   **arch)
+
+
+@dataclass
 class Config:
     """A whole run: the sections of a config file (see the module docstring)."""
 
@@ -246,6 +284,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    autoencoder: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
 
 
 # --------------------------------------------------------------------------------------------

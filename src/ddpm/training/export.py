@@ -79,9 +79,14 @@ def run_model_file(run: str | Path) -> Path:
 
 
 def export_model(run: str | Path, out: str | Path) -> Path:
-    """Write the EMA weights of `run`'s latest checkpoint as one model file `out` (.safetensors)."""
+    """Write the EMA weights of `run`'s latest checkpoint as one model file `out` (.safetensors); for an
+    autoencoder run, with the latent scaling factor estimated on its training images."""
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ValueError(f"the exported model file must end in .safetensors, got {str(out)!r}")
     tensors, meta = load_model_file(run_model_file(run))
+    if "autoencoder" in meta:  # a run of task "autoencoder": ship it with its latent scaling factor
+        from .autoencoder import export_autoencoder
+
+        return export_autoencoder(tensors, meta, out)
     return save_model_file(out, tensors, meta)

@@ -10,6 +10,12 @@ One optimizer step (DDPM Alg. 1, with the usual engineering):
      (all ranks agree through an all-reduce) and for a stop request (SIGTERM / Ctrl-C);
   5. AdamW step with the warmup/cosine learning rate, EMA update; or, if non-finite, a skipped step.
 Logging, the preview grid and checkpoints happen on their cadences, on rank 0 only.
+
+The task is pluggable: `Trainer` trains a diffusion model; what differs for another task (the model and
+data built in `_build_task`, the step's random draws, the loss of a micro-batch, the file layout and
+metadata of the weights, the preview, extra metrics columns) lives in overridable methods, and
+`Trainer(config)` hands a config with run.task = "autoencoder" to `ddpm.training.autoencoder`'s subclass.
+Everything else (checkpoints, exact resume, EMA, stop signals, DDP, metrics.csv) is shared.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from .data import BatchSource, IndexStream, chunk
 from .distributed import setup_distributed
 from .ema import EMA
 from .export import from_file_keys, model_meta, to_file_keys
-from .metrics import MetricsLog, write_preview
+from .metrics import FIELDS, MetricsLog, write_preview
 from .signals import StopOnSignals
 
 __all__ = ["train", "Trainer", "TrainingDiverged", "DiffusionModule", "resolve_unet_config", "lr_at"]
@@ -104,8 +110,36 @@ def _flatten(config: Config) -> dict[str, Any]:
     return {f"{s}.{k}": v for s, section in config_to_dict(config).items() for k, v in section.items()}
 
 
+def _task_of(config: Config | None, resume: str | Path | None) -> str:
+    """run.task of the given config, else of the run folder's own config.toml ("diffusion" if unreadable:
+    `Trainer.__init__` then reports the problem)."""
+    if config is not None:
+        return config.run.task
+    try:
+        return load_config(Path(resume) / "config.toml").run.task  # type: ignore[arg-type]
+    except (OSError, ValueError):
+        return "diffusion"
+
+
 class Trainer:
-    """Everything a run needs, built in `__init__` (so tests can inspect it), trained by `run()`."""
+    """Everything a run needs, built in `__init__` (so tests can inspect it), trained by `run()`.
+
+    `Trainer(config)` with run.task = "autoencoder" builds a `ddpm.training.autoencoder.AutoencoderTrainer`.
+    """
+
+    # Config keys whose change on resume would make the checkpoint meaningless.
+    fixed_on_resume: tuple[str, ...] = _FIXED_ON_RESUME
+    # Columns of metrics.csv.
+    metric_fields: tuple[str, ...] = FIELDS
+
+    def __new__(
+        cls, config: Config | None = None, *, resume: str | Path | None = None, **kwargs: Any
+    ) -> Trainer:
+        if cls is Trainer and _task_of(config, resume) == "autoencoder":
+            from .autoencoder import AutoencoderTrainer
+
+            cls = AutoencoderTrainer
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -140,7 +174,6 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- setup
     def _build(self, saved: Config | None, resume: Any) -> None:
-        from ..data import load_dataset
 
         cfg, env, device = self.config, self.env, self.device
         tc = cfg.train
@@ -158,19 +191,9 @@ class Trainer:
                 "or choose another run.name"
             )
         dc = cfg.data
-        self.dataset = load_dataset(dc.dataset, split="train", image_size=dc.image_size, channels=dc.channels,
-                                    flip=False, seed=tc.seed)
-        self.conditioner = make_conditioner(cfg, self.dataset)
-        self.unet_config = resolve_unet_config(cfg, self.dataset, self.conditioner)
-        cfg.model = self.unet_config
         self.changed_on_resume: list[str] = []
-        if saved is not None:
-            self._check_resume_config(saved)
-        self.schedule = cfg.diffusion.build_schedule()
-        self.shape = (self.dataset.channels, self.dataset.image_size, self.dataset.image_size)
-
-        torch.manual_seed(tc.seed)
-        self.module = DiffusionModule(UNet(self.unet_config), self.conditioner).to(device)
+        self._build_task(saved)
+        self.module = self.module.to(device)
         self.ema = EMA(self.module, decay=tc.ema_decay, warmup=tc.ema_warmup)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         impl = {"fused": True} if device.type == "cuda" else {"foreach": True}  # torch's default loops on CPU
@@ -202,12 +225,34 @@ class Trainer:
             rank=env.rank, world_size=env.world_size, grad_accum=tc.grad_accum, device=device,
             num_workers=dc.num_workers, seed=tc.seed,
         )
+
+    def _build_task(self, saved: Config | None) -> None:
+        """The task's data, model and process: `self.dataset`, `self.module` (seeded by train.seed), and
+        the resume check against `saved` once the config is complete."""
+        from ..data import load_dataset
+
+        cfg, tc, dc = self.config, self.config.train, self.config.data
+        self.dataset = load_dataset(dc.dataset, split="train", image_size=dc.image_size, channels=dc.channels,
+                                    flip=False, seed=tc.seed)
+        self.conditioner = make_conditioner(cfg, self.dataset)
+        self.unet_config = resolve_unet_config(cfg, self.dataset, self.conditioner)
+        cfg.model = self.unet_config
+        if saved is not None:
+            self._check_resume_config(saved)
+        self.schedule = cfg.diffusion.build_schedule()
+        self.shape = (self.dataset.channels, self.dataset.image_size, self.dataset.image_size)
         self.drop_prob = dc.cond_drop_prob if self.conditioner.kind != "none" else 0.0
+
+        torch.manual_seed(tc.seed)
+        self.module = DiffusionModule(UNet(self.unet_config), self.conditioner)
 
     def _check_resume_config(self, saved: Config) -> None:
         old, new = _flatten(saved), _flatten(self.config)
+        if old["run.task"] != new["run.task"]:
+            raise ValueError(f"cannot resume {self.run_dir}, a run of task {old['run.task']!r}, as task "
+                             f"{new['run.task']!r}; start a new run for that")
         diff = [k for k in new if k in old and old[k] != new[k] and not k.startswith("run.")]
-        fixed = [k for k in diff if k.startswith(_FIXED_ON_RESUME)]
+        fixed = [k for k in diff if k.startswith(self.fixed_on_resume)]
         if fixed:
             detail = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in fixed)
             raise ValueError(
@@ -216,9 +261,22 @@ class Trainer:
             )
         self.changed_on_resume = [f"{k}: {old[k]!r} -> {new[k]!r}" for k in diff]
 
+    def _to_file(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Training-module keys -> the model-file layout written into checkpoints."""
+        return to_file_keys(state, self.conditioner)
+
+    def _from_file(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The model-file layout of a checkpoint -> training-module keys."""
+        return from_file_keys(tensors, self.conditioner)
+
+    def _meta(self) -> dict[str, Any]:
+        """The "ddpm" metadata of the checkpoint's model files."""
+        return model_meta(self.config, self.unet_config, self.conditioner, self.dataset, step=self.step,
+                          run=self.config.run.name)
+
     def _load(self, ck: Any) -> None:
-        self.module.load_state_dict(from_file_keys(ck.model, self.conditioner))
-        self.ema.module.load_state_dict(from_file_keys(ck.ema, self.conditioner))
+        self.module.load_state_dict(self._from_file(ck.model))
+        self.ema.module.load_state_dict(self._from_file(ck.ema))
         st = ck.state
         self.optimizer.load_state_dict(st["optimizer"])
         self.generator.set_state(st["generator"])
@@ -251,33 +309,39 @@ class Trainer:
             "flip": torch.rand(n, generator=g) < 0.5 if self.config.data.flip else None,
         }
 
+    def _micro_loss(self, batch: dict[str, Any], draws: dict[str, Any], sl: slice, part: int) -> Tensor:
+        """The scalar loss of one micro-batch (slice `sl` of the global batch, chunk `part` of it)."""
+        diff, dev = self.config.diffusion, self.device
+        x0 = batch["image"]
+        if draws["flip"] is not None:
+            x0 = torch.where(draws["flip"][sl].to(dev).view(-1, 1, 1, 1), x0.flip(-1), x0)
+        t = draws["t"][sl]  # stays on the CPU: schedule coefficients are gathered there
+        eps = draws["eps"][sl].to(dev, non_blocking=True)
+        x_t = q_sample(self.schedule, x0, t, eps)
+        drop = draws["drop"][sl] if draws["drop"] is not None else None
+        with self.autocast():
+            out = self.forward(x_t, t.to(dev, non_blocking=True), batch, drop)
+        return training_loss(
+            out, x0=x0, x_t=x_t, t=t, eps=eps, schedule=self.schedule, prediction=diff.prediction,
+            learned_variance=diff.learned_variance, min_snr_gamma=diff.min_snr_gamma,
+            vlb_weight=diff.vlb_weight,
+        ).mean()
+
     def _step(self) -> tuple[Tensor, Tensor]:
         """Forward/backward over this rank's micro-batches of one optimizer step: (mean loss, grad norm)."""
-        tc, diff, dev, G = self.config.train, self.config.diffusion, self.device, self.config.train.batch_size
+        tc, dev, G = self.config.train, self.device, self.config.train.batch_size
         idx = self.stream.take(self.position, G)
         self.position += G
         draws = self._draws()
         loss_sum = torch.zeros((), device=dev)
         batches = self.source.batches(idx)
         for micro, batch in enumerate(batches):
-            sl = chunk(G, self.source.first + micro, self.source.parts)
-            x0 = batch["image"]
-            if draws["flip"] is not None:
-                x0 = torch.where(draws["flip"][sl].to(dev).view(-1, 1, 1, 1), x0.flip(-1), x0)
-            t = draws["t"][sl]  # stays on the CPU: schedule coefficients are gathered there
-            eps = draws["eps"][sl].to(dev, non_blocking=True)
-            x_t = q_sample(self.schedule, x0, t, eps)
-            drop = draws["drop"][sl] if draws["drop"] is not None else None
+            part = self.source.first + micro
+            sl = chunk(G, part, self.source.parts)
             last = micro == len(batches) - 1
             sync = self.model.no_sync() if self.env.active and not last else nullcontext()
             with sync:
-                with self.autocast():
-                    out = self.forward(x_t, t.to(dev, non_blocking=True), batch, drop)
-                loss = training_loss(
-                    out, x0=x0, x_t=x_t, t=t, eps=eps, schedule=self.schedule, prediction=diff.prediction,
-                    learned_variance=diff.learned_variance, min_snr_gamma=diff.min_snr_gamma,
-                    vlb_weight=diff.vlb_weight,
-                ).mean()
+                loss = self._micro_loss(batch, draws, sl, part)
                 (loss / len(batches)).backward()
             loss_sum += loss.detach()
         if tc.grad_clip > 0:
@@ -313,11 +377,9 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
             "rng_cpu": rng_cpu, "rng_cuda": rng_cuda if cuda else [], "world_size": self.env.world_size,
         }
-        meta = model_meta(self.config, self.unet_config, self.conditioner, self.dataset, step=self.step,
-                          run=self.config.run.name)
         self.last_saved = save_checkpoint(
-            self.run_dir, self.step, model=to_file_keys(self.module.state_dict(), self.conditioner),
-            ema=to_file_keys(self.ema.module.state_dict(), self.conditioner), state=state, meta=meta,
+            self.run_dir, self.step, model=self._to_file(self.module.state_dict()),
+            ema=self._to_file(self.ema.module.state_dict()), state=state, meta=self._meta(),
             keep_last=self.config.train.keep_last,
         )
         return self.last_saved
@@ -335,6 +397,10 @@ class Trainer:
             guidance_scale=sc.guidance_scale, prediction=self.config.diffusion.prediction,
             seed=self.config.train.seed, device=self.device, autocast=self.autocast(), step=self.step,
         )
+
+    def _extra_metrics(self, *, final: bool) -> dict[str, float]:
+        """Task-specific columns of a metrics.csv row (rank 0); `final`: the last row of this run."""
+        return {}
 
     def _diverged(self, loss: Tensor, norm: Tensor) -> TrainingDiverged:
         try:
@@ -369,7 +435,8 @@ class Trainer:
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.toml").write_text(dump_config(cfg), encoding="utf-8")
-            self.metrics = MetricsLog(self.run_dir / "metrics.csv", resume_step=resumed_at)
+            self.metrics = MetricsLog(self.run_dir / "metrics.csv", resume_step=resumed_at,
+                                      fields=self.metric_fields)
             for change in self.changed_on_resume:
                 self._say(f"resuming with a changed setting: {change}")
         self.last_saved: Path | None = None
@@ -423,6 +490,7 @@ class Trainer:
                         self.metrics.write(
                             step=self.step, loss=mean_loss, lr=lr, grad_norm=mean_norm,
                             nonfinite_skips=self.nonfinite_total, it_s=it_s, elapsed=self._elapsed(),
+                            **self._extra_metrics(final=last_step),
                         )
                         bar.set_postfix(loss=f"{mean_loss:.4f}", skipped=self.nonfinite_total, refresh=False)
                     log_loss.zero_()
@@ -465,7 +533,8 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
 ) -> Path:
-    """Train a diffusion model as `config` says; returns the run folder `run.dir/run.name`.
+    """Train the model `config` describes (run.task: a diffusion model, or a KL autoencoder); returns the
+    run folder `run.dir/run.name`.
 
     `resume`: a run folder to continue exactly where its latest checkpoint left off (`config` None uses the
     run's own config.toml; a given config may change cadences, steps and optimisation settings, not the

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from ddpm.cli import main
-from ddpm.config import load_config
+from ddpm.config import dump_config, load_config
 from ddpm.io.checkpoint import UnsafeCheckpointError
 from ddpm.models.autoencoder import AutoencoderKL, AutoencoderKLConfig
 from ddpm.models.autoencoder_convert import (
@@ -210,3 +213,28 @@ def test_single_file_loader_sniffs_content_not_suffix(tmp_path):
     truncated.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(ValueError, match="truncated"):
         load_vae_single_file(truncated, config=model.config)
+
+
+def test_autoencoder_under_two_gloo_processes_matches_one_process(tmp_path):
+    from test_ddp import WORKER  # trains the config file's run, writes each rank's weight hash
+
+    opts = ["train.steps=3", "train.checkpoint_every=0", "train.ema_decay=0.5", "train.log_every=0"]
+    (tmp_path / "ddp.toml").write_text(dump_config(tiny_config(tmp_path, "ddp", *opts)))
+    (tmp_path / "worker.py").write_text(WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    args = [tmp_path / "worker.py", tmp_path / "ddp.toml", tmp_path / "elsewhere", tmp_path]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run([*launcher, *map(str, args)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    hashes = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert hashes[0] == hashes[1], "the two ranks ended with different weights"
+    assert not (tmp_path / "elsewhere").exists(), "rank 1 wrote files"
+    # Two ranks of one chunk each = one process with two accumulation chunks: same crops, flips and
+    # posterior seeds per chunk, gradients averaged, up to float rounding of the reduction order.
+    ddp = load_checkpoint(tmp_path / "ddp")
+    single_run = train(tiny_config(tmp_path, "single", *opts, "train.grad_accum=2"), progress=False)
+    single = load_checkpoint(single_run)
+    for k in single.model:
+        torch.testing.assert_close(ddp.model[k], single.model[k], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(ddp.ema[k], single.ema[k], rtol=1e-4, atol=1e-6)

@@ -295,3 +295,14 @@ def test_missing_files_are_one_line(capsys, model, tmp_path):
     bad.write_bytes(b"not a png")
     code, _, err = _run(capsys, "img2img", "--model", model, "--image", bad, "--quiet", "x")
     assert code == 2 and "cannot read" in err
+
+
+def test_ddpm_txt2img_serves_sd_checkpoints(capsys, model, tmp_path):
+    """The one `ddpm txt2img` command reaches the SD pipeline for an SD file, with the SD-only options."""
+    argv = ["txt2img", "--model", model, "a red door", "--size", "16x12", "--steps", 2, "--num", 1]
+    code, out, err = _run(capsys, *argv, "--seed", 5, "--karras", "--out", tmp_path / "o", "--quiet")
+    assert code == 0, err
+    files = sorted((tmp_path / "o").glob("*.png"))
+    assert len(files) == 1 and Image.open(files[0]).size == (16, 12)
+    meta = json.loads(read_png_metadata(files[0])["ddpm"])
+    assert (meta["prompt"], meta["seed"], meta["steps"], meta["karras"]) == ("a red door", 5, 2, True)

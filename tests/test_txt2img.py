@@ -1,5 +1,6 @@
 """Text-to-image end to end: a tiny text model trains a few steps, `TextToImagePipeline` and `ddpm txt2img`
-generate from it (metadata, seeds, guidance, empty / long / unknown prompts), SD checkpoints are refused."""
+generate from it (metadata, seeds, guidance, empty / long / unknown prompts); SD checkpoints go to the SD
+path."""
 
 from __future__ import annotations
 
@@ -158,14 +159,17 @@ def test_txt2img_cli_writes_pngs_with_metadata(run, tmp_path, capsys):
                  "--quiet"]) == 0  # fmt: skip
 
 
-def test_txt2img_refuses_stable_diffusion_checkpoints_and_other_models(tmp_path, capsys):
+def test_txt2img_sends_stable_diffusion_checkpoints_to_the_sd_path_and_refuses_other_files(tmp_path, capsys):
+    # An SD single file goes to the SD pipeline: a file with only one UNet tensor fails there, naming the
+    # missing parts, rather than being read as a ddpm model.
     sd = tmp_path / "v1-5.safetensors"
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, str(sd))
     assert main(["txt2img", "--model", str(sd), "a cat", "--out", str(tmp_path / "o")]) == 2
-    assert "Stable Diffusion checkpoint" in capsys.readouterr().err
-    ckpt = tmp_path / "v1-5.ckpt"
-    ckpt.write_bytes(b"not read")
-    assert main(["txt2img", "--model", str(ckpt), "a cat", "--out", str(tmp_path / "o")]) == 2
-    assert "does not support those yet" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "ddpm txt2img: error:" in err and "ddpm model" not in err
+    other = tmp_path / "weights.pt"
+    other.write_bytes(b"not read")
+    assert main(["txt2img", "--model", str(other), "a cat", "--out", str(tmp_path / "o")]) == 2
+    assert "neither a ddpm model" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError):
         TextToImagePipeline.load(tmp_path / "missing")

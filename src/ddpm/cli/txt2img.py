@@ -1,9 +1,9 @@
 """`ddpm txt2img`: images from a prompt with a text-to-image model; one PNG each (with the prompt, negative
 prompt, seed, sampler, steps, guidance, size and model hash in its metadata) and a grid.
 
-The model kind is read from the file: a ddpm model file (its "ddpm" metadata says "conditioning": text) goes
-to `TextToImagePipeline`; a Stable Diffusion checkpoint is recognised by its tensor names and refused for
-now with a clear message.
+The model kind is read from the file: a Stable Diffusion 1.x checkpoint (diffusers folder, or a single file
+with an SD UNet) goes to the SD pipeline (cli/_sd.py); a ddpm model file whose "ddpm" metadata says
+"conditioning": text goes to `TextToImagePipeline`.
 """
 
 from __future__ import annotations
@@ -13,13 +13,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ._common import add_sampling_args
+from ._common import add_sampling_args, non_negative_int
+from ._sd import parse_size
 
 HELP = "generate images from a text prompt (PNGs with metadata and a grid)"
-
-# Key prefixes that mark a Stable Diffusion single-file checkpoint (original and diffusers layouts).
-_SD_MARKERS = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.embedders.")
-
+_SD_ONLY = ("size", "karras", "spacing", "clip_skip", "device", "dtype", "vae_tile", "compile")
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -40,13 +38,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=0.0, help="stochasticity of ddim (0 = deterministic)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_sampling_args(p, num=4)
+    sd = p.add_argument_group("Stable Diffusion checkpoints only (defaults: SD 1.x's)")
+    sd.add_argument("--size", type=parse_size, metavar="WxH", help="e.g. 512x768 (default 512x512)")
+    sd.add_argument("--karras", action="store_true", help='Karras sigmas ("DPM++ 2M Karras")')
+    sd.add_argument("--spacing", choices=("leading", "linspace", "trailing"), help="timestep spacing")
+    sd.add_argument("--clip-skip", type=non_negative_int, help="text-encoder layers to skip")
+    sd.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    sd.add_argument("--dtype", help="float32, float16, bfloat16 (default fp16 on GPU)")
+    sd.add_argument("--vae-tile", type=non_negative_int, metavar="CELLS", help="tiled VAE decoding window")
+    sd.add_argument("--compile", action="store_true", help="torch.compile the UNet (GPU; slow first call)")
     p.set_defaults(func=run)
     return p
 
 
 def model_kind(path: str | Path) -> str:
-    """ "ddpm-<conditioning>" ("ddpm-text", "ddpm-class", …) of a run folder or model file; a Stable Diffusion
-    checkpoint is recognised and refused (not supported yet)."""
+    """ "ddpm-<conditioning>" ("ddpm-text", "ddpm-class", …) of a run folder or ddpm model file."""
     from ..io.model_file import read_model_meta
 
     path = Path(path)
@@ -56,41 +62,25 @@ def model_kind(path: str | Path) -> str:
         from ..training.export import run_model_file
 
         path = run_model_file(path)
-    if path.suffix in (".ckpt", ".pt", ".pth", ".bin"):
-        raise ValueError(
-            f"{path.name} looks like a Stable Diffusion checkpoint: txt2img does not support those "
-            "yet; give a ddpm text-to-image model (a run folder or a .safetensors from `ddpm export`)"
-        )
     if path.suffix != ".safetensors":
         raise ValueError(
-            f"{str(path)!r} is not a .safetensors model file; give a run folder or `ddpm export` output"
+            f"{str(path)!r} is neither a ddpm model (a run folder or a .safetensors from `ddpm export`) "
+            "nor a Stable Diffusion 1.x checkpoint (.ckpt/.safetensors or a diffusers folder)"
         )
-    try:
-        meta = read_model_meta(path)
-    except ValueError:
-        if _is_stable_diffusion(path):
-            raise ValueError(
-                f"{path.name} is a Stable Diffusion checkpoint: txt2img does not support those yet; give a "
-                "ddpm text-to-image model (a run folder or a .safetensors from `ddpm export`)"
-            ) from None
-        raise
+    meta = read_model_meta(path)
     return "ddpm-" + str((meta.get("conditioning") or {}).get("type") or "none")
-
-
-def _is_stable_diffusion(path: Path) -> bool:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return any(k.startswith(_SD_MARKERS) for k in f.keys())
-    except Exception:  # not a readable safetensors file at all: let the metadata error speak
-        return False
 
 
 def run(args: argparse.Namespace) -> int:
     from ..io.images import make_grid, png_metadata, save_png
     from ..pipelines.text import TextToImagePipeline
+    from ._sd import is_sd_model, run_sd_txt2img
 
+    if is_sd_model(args.model):
+        return run_sd_txt2img(args)
+    sd_only = [f"--{n.replace('_', '-')}" for n in _SD_ONLY if getattr(args, n) not in (None, False)]
+    if sd_only:
+        raise ValueError(f"{', '.join(sd_only)} apply to Stable Diffusion checkpoints only; drop them")
     kind = model_kind(args.model)
     if kind != "ddpm-text":
         raise ValueError(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -18,15 +18,73 @@ from ..io.model_file import file_hash, load_model_file
 from ..models.unet import UNet, UNetConfig
 from ..schedules import DiscreteSchedule, from_config
 
-__all__ = ["DiffusionPipeline"]
+__all__ = ["DiffusionPipeline", "LoadedModel", "open_model", "load_part", "resolve_device"]
 
 UNET_PREFIX = "unet."
 
 
-def _device(device: str | torch.device) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" -> cuda when available, else cpu; anything else as torch reads it."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def load_part(
+    module: torch.nn.Module, tensors: dict[str, Tensor], prefix: str, file: Path, what: str
+) -> None:
+    """Load the `prefix`-ed tensors of a model file into `module`, strictly, with a readable error."""
+    state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{file}: {what} weights do not match the config in its metadata (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}); the file may be damaged or written by another tool"
+        )
+
+
+class LoadedModel(NamedTuple):
+    """A model file opened for a pipeline: its tensors and metadata, the UNet (eval mode, on `device`)."""
+
+    file: Path
+    tensors: dict[str, Tensor]
+    meta: dict[str, Any]
+    unet: UNet
+    schedule: DiscreteSchedule
+    device: torch.device
+    model_hash: str
+    name: str
+
+
+def open_model(
+    path: str | Path, *, device: str | torch.device, kinds: tuple[str, ...], wrong_kind: str
+) -> LoadedModel:
+    """A run folder (its latest checkpoint's EMA weights) or a model `.safetensors` file whose conditioning
+    type is one of `kinds` (else ValueError ending with `wrong_kind`, the hint what to use instead)."""
+    path = Path(path)
+    if path.is_dir():
+        from ..training.export import run_model_file
+
+        file = run_model_file(path)
+    elif path.is_file():
+        file = path
+    else:
+        raise FileNotFoundError(f"no such run folder or model file: {str(path)!r}")
+    tensors, meta = load_model_file(file)
+    kind = (meta.get("conditioning") or {}).get("type", "none")
+    if kind not in kinds:
+        raise ValueError(f"{path} is a {kind}-conditional model; {wrong_kind}")
+    for section in ("unet", "diffusion"):
+        if section not in meta:
+            raise ValueError(f"{file}: model metadata lacks the {section!r} section")
+    dev = resolve_device(device)
+    unet = UNet(UNetConfig.from_dict(meta["unet"]))
+    load_part(unet, tensors, UNET_PREFIX, file, "UNet")
+    unet.to(dev).eval().requires_grad_(False)
+    schedule = from_config(meta["diffusion"]["schedule"])
+    run = (meta.get("training") or {}).get("run")
+    name = file.stem if path.is_file() else (run or path.name)
+    return LoadedModel(file, tensors, meta, unet, schedule, dev, file_hash(file), name)
 
 
 class DiffusionPipeline:
@@ -53,39 +111,12 @@ class DiffusionPipeline:
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "auto") -> DiffusionPipeline:
         """From a run folder (its latest checkpoint's EMA weights) or a model `.safetensors` file."""
-        path = Path(path)
-        if path.is_dir():
-            from ..training.export import run_model_file
-
-            file = run_model_file(path)
-        elif path.is_file():
-            file = path
-        else:
-            raise FileNotFoundError(f"no such run folder or model file: {str(path)!r}")
-        tensors, meta = load_model_file(file)
-        kind = (meta.get("conditioning") or {}).get("type", "none")
-        if kind not in ("none", "class"):
-            raise ValueError(
-                f"{path} is a {kind}-conditional model; DiffusionPipeline samples unconditional and "
-                "class-conditional pixel models (use the text-to-image pipeline for prompts)"
-            )
-        for section in ("unet", "diffusion"):
-            if section not in meta:
-                raise ValueError(f"{file}: model metadata lacks the {section!r} section")
-        dev = _device(device)
-        unet = UNet(UNetConfig.from_dict(meta["unet"]))
-        state = {k[len(UNET_PREFIX) :]: v for k, v in tensors.items() if k.startswith(UNET_PREFIX)}
-        missing, unexpected = unet.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"{file}: weights do not match the UNet its metadata describes (missing {missing[:3]}, "
-                f"unexpected {unexpected[:3]}); the file may be damaged or written by another tool"
-            )
-        unet.to(dev).eval().requires_grad_(False)
-        schedule = from_config(meta["diffusion"]["schedule"])
-        run = (meta.get("training") or {}).get("run")
-        name = file.stem if path.is_file() else (run or path.name)
-        return cls(unet, schedule, meta, device=dev, model_hash=file_hash(file), name=name)
+        m = open_model(
+            path, device=device, kinds=("none", "class"),
+            wrong_kind="DiffusionPipeline samples unconditional and class-conditional pixel models (use the "
+            "text-to-image pipeline for prompts)",
+        )  # fmt: skip
+        return cls(m.unet, m.schedule, m.meta, device=m.device, model_hash=m.model_hash, name=m.name)
 
     # ------------------------------------------------------------------------------------- properties
     @property

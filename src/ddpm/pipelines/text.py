@@ -16,33 +16,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..io.model_file import file_hash, load_model_file
-from ..models.unet import UNet, UNetConfig
-from ..schedules import DiscreteSchedule, from_config
+from ..models.unet import UNet
+from ..schedules import DiscreteSchedule
 from ..training.text_conditioning import TextConditioner, text_conditioner_from_meta
+from .pixel import load_part, open_model
 
 __all__ = ["TextToImagePipeline"]
 
-UNET_PREFIX = "unet."
 TEXT_PREFIX = "text_encoder."
-
-
-def _device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _load_part(
-    module: torch.nn.Module, tensors: dict[str, Tensor], prefix: str, file: Path, what: str
-) -> None:
-    state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{file}: {what} weights do not match the config in its metadata (missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}); the file may be damaged or written by another tool"
-        )
 
 
 def _per_image(value: str | Sequence[str] | None, num: int, name: str) -> list[str]:
@@ -83,36 +64,16 @@ class TextToImagePipeline:
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "auto") -> TextToImagePipeline:
         """From a run folder (its latest checkpoint's EMA weights) or a model `.safetensors` file."""
-        path = Path(path)
-        if path.is_dir():
-            from ..training.export import run_model_file
-
-            file = run_model_file(path)
-        elif path.is_file():
-            file = path
-        else:
-            raise FileNotFoundError(f"no such run folder or model file: {str(path)!r}")
-        tensors, meta = load_model_file(file)
-        cond_meta = meta.get("conditioning") or {}
-        if cond_meta.get("type") != "text":
-            raise ValueError(
-                f"{path} is a {cond_meta.get('type', 'none')}-conditional model, not a text-to-image one; "
-                "sample it with `ddpm sample`"
-            )
-        for section in ("unet", "diffusion"):
-            if section not in meta:
-                raise ValueError(f"{file}: model metadata lacks the {section!r} section")
-        dev = _device(device)
-        unet = UNet(UNetConfig.from_dict(meta["unet"]))
-        _load_part(unet, tensors, UNET_PREFIX, file, "UNet")
-        conditioner = text_conditioner_from_meta(cond_meta.get("text_encoder"))
-        _load_part(conditioner, tensors, TEXT_PREFIX, file, "text encoder")
-        unet.to(dev).eval().requires_grad_(False)
-        conditioner.to(dev).eval().requires_grad_(False)
-        run = (meta.get("training") or {}).get("run")
-        name = file.stem if path.is_file() else (run or path.name)
-        schedule = from_config(meta["diffusion"]["schedule"])
-        return cls(unet, conditioner, schedule, meta, device=dev, model_hash=file_hash(file), name=name)
+        m = open_model(
+            path, device=device, kinds=("text",),
+            wrong_kind="not a text-to-image one; sample it with `ddpm sample`",
+        )  # fmt: skip
+        conditioner = text_conditioner_from_meta((m.meta.get("conditioning") or {}).get("text_encoder"))
+        load_part(conditioner, m.tensors, TEXT_PREFIX, m.file, "text encoder")
+        conditioner.to(m.device).eval().requires_grad_(False)
+        return cls(
+            m.unet, conditioner, m.schedule, m.meta, device=m.device, model_hash=m.model_hash, name=m.name
+        )
 
     @property
     def image_size(self) -> int:

@@ -173,3 +173,23 @@ def test_txt2img_sends_stable_diffusion_checkpoints_to_the_sd_path_and_refuses_o
     assert "neither a ddpm model" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError):
         TextToImagePipeline.load(tmp_path / "missing")
+
+
+def test_eval_alignment_scores_a_text_model(run, tmp_path, capsys):
+    """`ddpm eval --metric alignment` loads a text model through the CLI and prints the per-attribute table.
+    The tiny model was trained on a registered stand-in of `shapes`; its file is relabelled so the metric's
+    dataset check (shapes only) lets it through — the numbers themselves are not judged here."""
+    from ddpm.io.model_file import save_model_file
+
+    tensors, meta = load_model_file(export_model(run, tmp_path / "tiny.safetensors"))
+    model = save_model_file(tmp_path / "shapes.safetensors", tensors, {**meta, "data": {
+        **meta["data"], "dataset": "shapes"}})  # fmt: skip
+    out = tmp_path / "eval.json"
+    argv = ["eval", "--model", str(model), "--metric", "alignment", "--num", "4", "--steps", "2", "--quiet"]
+    assert main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "alignment" in printed and "relation" in printed
+    result = json.loads(out.read_text())["metrics"]["alignment"]
+    assert 0.0 <= result["value"] <= 1.0
+    # The class-model metrics do not apply to a text model and are refused by name.
+    assert main(["eval", "--model", str(model), "--metric", "accuracy", "--num", "4"]) == 2

@@ -43,7 +43,8 @@ def add_sampling_args(parser: argparse.ArgumentParser, *, num: int) -> None:
 
 
 def load_pipeline(model: str) -> Any:
-    """A `DiffusionPipeline` from a run folder or a model .safetensors file, with a clear error otherwise."""
+    """The pipeline of a run folder or a model .safetensors file (`TextToImagePipeline` for text models,
+    else `DiffusionPipeline`), with a clear error otherwise."""
     path = Path(model)
     if not path.exists():
         raise FileNotFoundError(f"no such run folder or model file: {model!r}")
@@ -51,8 +52,13 @@ def load_pipeline(model: str) -> Any:
         raise ValueError(
             f"{model!r} is not a .safetensors model file; give a run folder or `ddpm export` output"
         )
-    from ..pipelines import DiffusionPipeline
+    from ..io.model_file import read_model_meta
+    from ..pipelines import DiffusionPipeline, TextToImagePipeline
+    from ..training.export import run_model_file
 
+    meta = read_model_meta(run_model_file(path) if path.is_dir() else path)
+    if (meta.get("conditioning") or {}).get("type") == "text":
+        return TextToImagePipeline.load(path)
     return DiffusionPipeline.load(path)
 
 

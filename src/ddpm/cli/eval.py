@@ -61,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
     if not results:
         raise ValueError(f"none of the metrics {', '.join(METRICS)} applies to {args.model}")
     print(format_table(results))
+    for result in results.values():  # metrics with a breakdown (alignment) print it under the table
+        if "table" in result.details:
+            print(result.details["table"])
     print(f"({seconds:.1f} s)")
     if args.out:
         blob = {

@@ -1,12 +1,16 @@
 """Evaluation: Fréchet distance with pluggable features and its real-data floor, class accuracy judged by a
-classifier the project trains itself, bits/dim on held-out data, and a registry that holds them."""
+classifier the project trains itself, bits/dim on held-out data, prompt alignment of text-to-image samples
+on `shapes`, and a registry that holds them."""
 
+from . import alignment as _alignment
 from .context import EvalContext, EvalOptions, balanced_labels
 from .frechet import GaussianStats, frechet_distance, frechet_distance_from_stats, gaussian_stats
 from .harness import evaluate, format_table, parse_metrics, results_to_dict
 from .judge import Judge, JudgeNet, JudgeRecipe, judge_for_tensors, train_judge
 from .metrics import METRICS, Metric, MetricResult, register_metric
 from .reference import ReferenceDraw, reference_draws
+
+_alignment.register()
 
 __all__ = [
     "EvalContext",

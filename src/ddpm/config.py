@@ -159,18 +159,19 @@ class TrainConfig:
     """The optimisation. `batch_size` is the GLOBAL batch of one optimizer step: it is split over the DDP
     processes and the `grad_accum` micro-batches, so changing either keeps the maths the same.
 
-    AdamW with `lr` after a linear warmup of `warmup_steps`, then `lr_schedule` ("constant" or "cosine" to
-    zero at `steps`). `grad_clip` <= 0 disables clipping. EMA of the weights with `ema_decay`; with
-    `ema_warmup` the decay is min(ema_decay, (1 + step) / (10 + step)) so short runs are not dominated by
-    the initial weights. `device` "auto" picks CUDA when present; `mixed_precision` "auto" means bf16
-    autocast on CUDA and float32 on CPU. `num_threads` 0 keeps torch's default. Cadences are in steps
-    (0 disables that output); `max_nonfinite` consecutive non-finite steps stop the run.
+    AdamW with `lr` and `adam_betas` after a linear warmup of `warmup_steps`, then `lr_schedule`
+    ("constant" or "cosine" to zero at `steps`). `grad_clip` <= 0 disables clipping. EMA of the weights
+    with `ema_decay`; with `ema_warmup` the decay is min(ema_decay, (1 + step) / (10 + step)) so short runs
+    are not dominated by the initial weights. `device` "auto" picks CUDA when present; `mixed_precision`
+    "auto" means bf16 autocast on CUDA and float32 on CPU. `num_threads` 0 keeps torch's default. Cadences
+    are in steps (0 disables that output); `max_nonfinite` consecutive non-finite steps stop the run.
     """
 
     steps: int = 10000
     batch_size: int = 64
     lr: float = 2e-4
     lr_schedule: str = "constant"
+    adam_betas: tuple[float, ...] = (0.9, 0.999)
     weight_decay: float = 0.0
     warmup_steps: int = 500
     grad_clip: float = 1.0
@@ -194,6 +195,9 @@ class TrainConfig:
         for key in ("warmup_steps", "num_threads", "checkpoint_every", "sample_every", "log_every", "seed"):
             _need(getattr(self, key) >= 0, f"train.{key} must be >= 0; got {getattr(self, key)}")
         _need(self.lr > 0 and math.isfinite(self.lr), f"train.lr must be a positive number; got {self.lr}")
+        _need(len(self.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in self.adam_betas),
+              f"train.adam_betas must be two numbers in [0, 1), e.g. [0.9, 0.999]; "
+              f"got {list(self.adam_betas)}")
         _need(self.weight_decay >= 0, f"train.weight_decay must be >= 0; got {self.weight_decay}")
         _need(0.0 <= self.ema_decay < 1.0, f"train.ema_decay must lie in [0, 1); got {self.ema_decay}")
         _need(self.batch_size % self.grad_accum == 0,

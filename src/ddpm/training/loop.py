@@ -197,7 +197,8 @@ class Trainer:
         self.ema = EMA(self.module, decay=tc.ema_decay, warmup=tc.ema_warmup)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         impl = {"fused": True} if device.type == "cuda" else {"foreach": True}  # torch's default loops on CPU
-        self.optimizer = torch.optim.AdamW(self.params, lr=tc.lr, weight_decay=tc.weight_decay, **impl)
+        self.optimizer = torch.optim.AdamW(self.params, lr=tc.lr, betas=tuple(tc.adam_betas),
+                                           weight_decay=tc.weight_decay, **impl)
         self.generator = torch.Generator().manual_seed(tc.seed + 0x5EED)
         # Dropout randomness: its own stream per rank, seeded after the (shared) initialisation.
         torch.manual_seed(tc.seed * 1009 + 17 * env.rank + 1)

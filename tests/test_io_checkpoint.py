@@ -262,3 +262,19 @@ def test_missing_paths_and_folders_are_reported(tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     with pytest.raises(FileNotFoundError, match="unet component is missing"):
         load_stable_diffusion(tmp_path)
+
+
+def test_prefix_reads_only_the_named_tensors(tmp_path):
+    from safetensors.torch import save_file
+
+    from ddpm.io.checkpoint import load_state_dict as load
+
+    tensors = {"first_stage_model.a": torch.ones(2), "model.diffusion_model.b": torch.zeros(3)}
+    st = tmp_path / "m.safetensors"
+    save_file(tensors, str(st))
+    pt = tmp_path / "m.ckpt"
+    torch.save({"state_dict": tensors}, pt)
+    for path in (st, pt):
+        assert list(load(path, prefix="first_stage_model.")) == ["first_stage_model.a"]
+        with pytest.raises(ValueError, match="no tensors named cond_stage_model"):
+            load(path, prefix="cond_stage_model.")

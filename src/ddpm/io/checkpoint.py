@@ -131,10 +131,13 @@ def load_state_dict(
     device: str | torch.device = "cpu",
     nonfinite: str = "warn",
     mmap: bool = True,
+    prefix: str | None = None,
 ) -> dict[str, Tensor]:
     """All tensors of a checkpoint file by name, its format found by content (see module docstring).
 
-    A `state_dict` level (Lightning checkpoints) is unwrapped and non-tensor entries dropped.
+    A `state_dict` level (Lightning checkpoints) is unwrapped and non-tensor entries dropped. With `prefix`,
+    only the tensors whose names start with it are kept (safetensors reads no others from disk; pickles are
+    memory-mapped, so the rest is not read either).
     `nonfinite` says what NaN/Inf in a floating tensor does: "warn", "error" (ValueError) or "ignore";
     either message names the tensors.
     """
@@ -143,9 +146,13 @@ def load_state_dict(
     path = _existing(path)
     fmt = detect_format(path)
     if fmt == "safetensors":
-        tensors = _load_safetensors(path, device)
+        tensors = _load_safetensors(path, device, prefix)
     else:
         tensors = _state_dict_of(_load_pickled(path, fmt, mmap=mmap), path)
+        if prefix is not None:
+            tensors = {k: v for k, v in tensors.items() if k.startswith(prefix)}
+            if not tensors:
+                raise ValueError(f"{path} holds no tensors named {prefix}*; not the weights file expected")
         if str(device) != "cpu":
             tensors = {k: v.to(device) for k, v in tensors.items()}
     if nonfinite != "ignore":
@@ -175,15 +182,17 @@ def _finite(v: Tensor) -> bool:
     return bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))
 
 
-def _load_safetensors(path: Path, device: str | torch.device) -> dict[str, Tensor]:
+def _load_safetensors(path: Path, device: str | torch.device, prefix: str | None = None) -> dict[str, Tensor]:
     read_safetensors_header(path)
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            names = [k for k in f.keys() if prefix is None or k.startswith(prefix)]
+            tensors = {k: f.get_tensor(k) for k in names}
     except Exception as e:  # safetensors raises its own error types (SafetensorError) on bad files
         raise ValueError(f"{path} is a damaged .safetensors file ({e}); download it again") from e
     if not tensors:
-        raise ValueError(f"{path} holds no tensors; it is not a weights file")
+        what = "no tensors" if prefix is None else f"no tensors named {prefix}*"
+        raise ValueError(f"{path} holds {what}; it is not the weights file expected")
     return tensors
 
 

@@ -318,9 +318,12 @@ def save_vae_folder(model: AutoencoderKL, path: str | Path) -> Path:
 def _read_single_file(path: Path) -> dict[str, Tensor]:
     """The autoencoder's tensors of a single file (all tensors when none carry the LDM prefix), read by
     content through the shared safe reader (`ddpm.io.checkpoint.load_state_dict`) whatever the suffix."""
-    raw = load_state_dict(path)
-    wanted = [k for k in raw if k.startswith(SINGLE_FILE_PREFIX)] or list(raw)
-    return {k: raw[k] for k in wanted}
+    try:  # a whole SD file: read only the autoencoder's tensors (not the 4 GB of UNet and text encoder)
+        return load_state_dict(path, prefix=SINGLE_FILE_PREFIX)
+    except ValueError as error:
+        if "no tensors named" not in str(error):
+            raise
+    return load_state_dict(path)  # a VAE-only file
 
 
 def load_vae_single_file(

@@ -8,9 +8,10 @@ from typing import Any
 
 from . import UsageError
 
-HELP = "train a diffusion model from a TOML config, or resume a run"
+HELP = "train a diffusion model (or, with run.task = \"autoencoder\", a KL autoencoder), or resume a run"
 DESCRIPTION = """\
-Train a diffusion model from a TOML config, or resume a run exactly where it stopped.
+Train a diffusion model from a TOML config, or resume a run exactly where it stopped. With
+run.task = "autoencoder" the same machinery trains a KL autoencoder (see configs/vae.toml).
 
 The run folder (run.dir/run.name) holds config.toml, checkpoints/, samples/ and metrics.csv.
 Ctrl-C or SIGTERM saves a checkpoint before exiting. On several GPUs, launch the same command
@@ -61,5 +62,8 @@ def run(args: argparse.Namespace) -> int:
     except TrainingDiverged as error:  # its message says what to change and where to resume from
         raise UsageError(str(error)) from error
     print(f"run folder: {run_dir}")
-    print(f"next: ddpm sample --model {run_dir} --out {Path(run_dir) / 'samples' / 'final'}")
+    if load_config(Path(run_dir) / "config.toml").run.task == "autoencoder":
+        print(f"next: ddpm export {run_dir} --out {Path(run_dir) / 'vae.safetensors'}")
+    else:
+        print(f"next: ddpm sample --model {run_dir} --out {Path(run_dir) / 'samples' / 'final'}")
     return 0

@@ -84,3 +84,8 @@ def test_grey_unicode_and_bad_inputs(tmp_path):
 def test_parameters_without_optional_fields():
     assert format_parameters({"seed": 3, "steps": 5}) == "\nSteps: 5, Seed: 3"
     assert format_parameters({"prompt": "p", "model": "a:b"}) == 'p\nModel: "a:b"'
+    # img2img strength and CLIP skip as the web UIs write them (their "Clip skip" 2 = one layer skipped)
+    assert format_parameters({"seed": 1, "strength": 0.6, "clip_skip": 1}) == (
+        "\nSeed: 1, Denoising strength: 0.6, Clip skip: 2"
+    )
+    assert "Clip skip" not in format_parameters({"seed": 1, "clip_skip": 0})

@@ -153,7 +153,9 @@ def format_parameters(meta: Mapping[str, Any]) -> str:
     """The A1111-style "parameters" text for one generated image's metadata dict.
 
     Reads the keys `prompt`, `negative_prompt`, `steps`, `sampler`, `karras`, `guidance_scale`, `seed`,
-    `width`, `height`, `model_hash`, `model`; further keys stay in the "ddpm" JSON chunk only.
+    `width`, `height`, `model_hash`, `model`, `strength` (img2img/inpaint: "Denoising strength") and
+    `clip_skip` (ours counts skipped layers; the web UIs' "Clip skip" counts from 1, so it is ours + 1);
+    further keys stay in the "ddpm" JSON chunk only.
     """
     lines = [str(meta.get("prompt") or "")]
     if meta.get("negative_prompt"):
@@ -174,6 +176,10 @@ def format_parameters(meta: Mapping[str, Any]) -> str:
         fields.append(("Model hash", meta["model_hash"]))
     if meta.get("model"):
         fields.append(("Model", meta["model"]))
+    if meta.get("strength") is not None:
+        fields.append(("Denoising strength", _number(meta["strength"])))
+    if meta.get("clip_skip"):
+        fields.append(("Clip skip", int(meta["clip_skip"]) + 1))
     lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in fields))
     return "\n".join(lines)
 

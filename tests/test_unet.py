@@ -119,6 +119,8 @@ def test_small_preset_is_small_and_has_no_full_resolution_attention():
         dict(conv_resample=False, num_res_blocks=2, attention_resolutions=(1, 2)),
         dict(context_dim=12, transformer_depth=2),
         dict(context_dim=12, use_linear_projection=True, num_classes=3),
+        dict(context_dim=12, context_pool=True, patch_size=2),
+        dict(channel_mult=(2, 2)),  # a first level wider than model_channels
     ],
 )
 def test_forward_shapes(overrides):
@@ -187,6 +189,34 @@ def test_input_errors_say_what_to_do():
 
 
 # ------------------------------------------------------------------------------------------ options
+def test_patch_size_is_the_unpatched_network_on_pixel_unshuffled_input():
+    patched = randomize(UNet(tiny(patch_size=2, context_dim=4))).eval()
+    inner = UNet(tiny(in_channels=8, out_channels=8, context_dim=4)).eval()
+    inner.load_state_dict(patched.state_dict())  # same keys and shapes: only the data layout differs
+    x, t, ctx = torch.randn(2, 2, 8, 8), torch.tensor([5, 700]), torch.randn(2, 3, 4)
+    folded = torch.nn.functional.pixel_unshuffle(x, 2)
+    want = torch.nn.functional.pixel_shuffle(inner(folded, t, context=ctx), 2)
+    torch.testing.assert_close(patched(x, t, context=ctx), want)
+    assert patched.config.downsampling_factor == 4
+    with pytest.raises(ValueError, match="divisible by 4"):
+        patched(torch.randn(2, 2, 6, 6), t, context=ctx)
+
+
+def test_context_pool_adds_the_mean_context_token_to_the_embedding():
+    pooled = randomize(UNet(tiny(context_dim=4, context_pool=True))).eval()
+    plain = UNet(tiny(context_dim=4)).eval()
+    missing, unexpected = plain.load_state_dict(pooled.state_dict(), strict=False)
+    assert not missing and sorted(unexpected) == ["context_emb.bias", "context_emb.weight"]
+    x, t, ctx = torch.randn(2, 2, 8, 8), torch.tensor([5, 700]), torch.randn(2, 3, 4)
+    assert not torch.allclose(pooled(x, t, context=ctx), plain(x, t, context=ctx))
+    with torch.no_grad():
+        pooled.context_emb.weight.zero_()
+        pooled.context_emb.bias.zero_()
+    torch.testing.assert_close(pooled(x, t, context=ctx), plain(x, t, context=ctx))
+    with pytest.raises(ValueError, match="needs context_dim"):
+        UNet(tiny(context_pool=True))
+
+
 def _loss_and_grads(unet: UNet, seed: int = 0):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 2, 8, 8, generator=g)

@@ -9,12 +9,18 @@ UNet.
 | c      | `context`               | cross-attention tokens `[B, S, context_dim]` (e.g. text states)      |
 | ds     | `attention_resolutions` | downsampling factors where attention sits: 1 = input size, 2 = half  |
 | E      | `4 * model_channels`    | width of the timestep (+ class) embedding                            |
+| p      | `patch_size`            | side of the pixel patches folded into channels before the stem conv  |
 
 The layout is the one of DDPM (Ho et al. 2020, App. B) as generalised by ADM (Dhariwal & Nichol 2021) and
 LDM (Rombach et al. 2022): `input_blocks` (a stem conv, then per level `num_res_blocks` ResBlocks, each
 optionally followed by attention, and a downsampler between levels), a `middle_block` (ResBlock,
 attention, ResBlock) and `output_blocks` mirroring the input side with skip connections concatenated on
-the channel axis. Module names equal the Stable Diffusion single-file checkpoint keys under
+the channel axis. Two options for small models on small compute: `patch_size=p` folds each p x p patch of
+the input into channels (pixel unshuffle) before the stem and unfolds the output the same way, so every
+level runs at 1/p of the side (the "simple diffusion" patching of Hoogeboom et al. 2023); `context_pool`
+adds a projection of the mean context token to the timestep embedding, so a prompt's summary modulates
+every ResBlock beside the cross-attention at the attended levels (Imagen's pooled text embedding, Saharia
+et al. 2022). Module names equal the Stable Diffusion single-file checkpoint keys under
 `model.diffusion_model.`, so loading one is a prefix strip.
 """
 
@@ -25,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -79,12 +86,14 @@ class UNetConfig:
     freq_shift: float = 0.0
     gradient_checkpointing: bool = False
     channels_last: bool = False
+    patch_size: int = 1
+    context_pool: bool = False
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
         self.attention_resolutions = tuple(sorted({int(r) for r in self.attention_resolutions}))
         for name in ("in_channels", "out_channels", "model_channels", "num_res_blocks", "transformer_depth",
-                     "norm_groups", "num_heads"):
+                     "norm_groups", "num_heads", "patch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"UNetConfig.{name} must be a positive integer; got {value!r}")
@@ -128,8 +137,8 @@ class UNetConfig:
 
     @property
     def downsampling_factor(self) -> int:
-        """2^(levels-1): H and W of the input must be multiples of it."""
-        return 2 ** (len(self.channel_mult) - 1)
+        """patch_size * 2^(levels-1): H and W of the input must be multiples of it."""
+        return self.patch_size * 2 ** (len(self.channel_mult) - 1)
 
     # ------------------------------------------------------------------------------------ (de)serialise
     def to_dict(self) -> dict[str, Any]:
@@ -258,8 +267,16 @@ class UNet(nn.Module):
 
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.label_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes is not None else None
+        if cfg.context_pool and cfg.context_dim is None:
+            raise ValueError(
+                "UNetConfig.context_pool pools the cross-attention context: it needs context_dim "
+                "(a text-conditioned model)"
+            )
+        self.context_emb = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_pool else None
 
-        self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(cfg.in_channels, mc, 3, padding=1))])
+        p2 = cfg.patch_size**2
+        stem = nn.Conv2d(cfg.in_channels * p2, mc, 3, padding=1)
+        self.input_blocks = nn.ModuleList([TimestepSequential(stem)])
         skip_channels = [mc]
         ch, ds = mc, 1
         last = len(cfg.channel_mult) - 1
@@ -298,7 +315,7 @@ class UNet(nn.Module):
         self.out = nn.Sequential(
             GroupNorm32(cfg.norm_groups, ch, eps=cfg.norm_eps),
             nn.SiLU(),
-            zero_module(nn.Conv2d(mc, cfg.output_channels, 3, padding=1)),
+            zero_module(nn.Conv2d(ch, cfg.output_channels * p2, 3, padding=1)),
         )
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
@@ -385,7 +402,10 @@ class UNet(nn.Module):
         emb = self.time_embed(t_emb.to(self.time_embed[0].weight.dtype))
         if self.label_emb is not None:
             emb = emb + self.label_emb(class_labels)
-        h = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        if self.context_emb is not None:
+            emb = emb + self.context_emb(context.mean(dim=1).to(emb.dtype))
+        h = F.pixel_unshuffle(x, cfg.patch_size) if cfg.patch_size > 1 else x
+        h = h.contiguous(memory_format=torch.channels_last) if self.channels_last else h
         skips = []
         for block in self.input_blocks:
             h = self._run(block, h, emb, context)
@@ -393,4 +413,5 @@ class UNet(nn.Module):
         h = self._run(self.middle_block, h, emb, context)
         for block in self.output_blocks:
             h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb, context)
-        return self.out(h).contiguous()
+        h = self.out(h)
+        return (F.pixel_shuffle(h, cfg.patch_size) if cfg.patch_size > 1 else h).contiguous()

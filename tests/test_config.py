@@ -28,7 +28,8 @@ def test_non_default_values_round_trip(tmp_path):
         "run.name=ünïcode \"quoted\"", "data.image_size=16", "data.condition=class",
         "model.channel_mult=[1, 2]", "model.num_classes=10", "model.num_head_channels=16",
         "diffusion.min_snr_gamma=5", "diffusion.beta_end=0.0123456789012345678", "train.lr=1e-20",
-        "train.grad_clip=0", "sample.guidance_scale=2",
+        "train.grad_clip=0", "sample.guidance_scale=2", "diffusion.timestep_sampling=logit_normal",
+        "diffusion.timestep_loc=0.5",
     ])
     assert cfg.run.name == 'ünïcode "quoted"' and cfg.model.channel_mult == (1, 2)
     assert cfg.train.lr == 1e-20 and isinstance(cfg.sample.guidance_scale, float)
@@ -86,6 +87,8 @@ def test_types_and_ranges_are_checked_with_the_key_named(tmp_path):
         "model.channel_mult=3": "model.channel_mult must be a list",
         "data.condition=label": r"data.condition must be one of \['none', 'class', 'text'\]",
         "diffusion.prediction=noise": "diffusion.prediction must be one of",
+        "diffusion.timestep_sampling=beta": r"timestep_sampling must be one of \['uniform', 'logit_normal'\]",
+        "diffusion.timestep_scale=0": "diffusion.timestep_scale must be positive",
         "sample.sampler=dpm++": r"sample.sampler must be one of \[.*'dpmpp_2m'",
         "train.batch_size=10": r"train.batch_size \(10\) must be a multiple of train.grad_accum \(4\)",
         "train.ema_decay=1.0": r"train.ema_decay must lie in \[0, 1\)",

@@ -95,6 +95,22 @@ def test_sample_timesteps_uniform_and_reproducible():
     assert sample_timesteps(5, 1, device="cpu").eq(0).all()
 
 
+def test_sample_timesteps_logit_normal_follows_its_distribution():
+    g = torch.Generator().manual_seed(0)
+    t = sample_timesteps(40000, 1000, generator=g, distribution="logit_normal", loc=0.5, scale=1.0)
+    assert t.dtype == torch.int64 and int(t.min()) >= 0 and int(t.max()) <= 999
+    # P(t < 500) = P(u < 0) = Phi(-0.5) = 0.3085; P(t >= 900) = P(u >= logit(0.9)) = 1 - Phi(2.197 - 0.5)
+    assert abs((t < 500).double().mean().item() - 0.3085) < 0.01
+    assert abs((t >= 900).double().mean().item() - 0.0448) < 0.005
+    g = torch.Generator().manual_seed(0)
+    again = sample_timesteps(40000, 1000, generator=g, distribution="logit_normal", loc=0.5, scale=1.0)
+    assert torch.equal(t, again)
+    with pytest.raises(ValueError, match="logit_normal"):
+        sample_timesteps(4, 10, distribution="beta")
+    with pytest.raises(ValueError, match="positive scale"):
+        sample_timesteps(4, 10, distribution="logit_normal", scale=0.0)
+
+
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 def test_simple_loss_is_mse_to_the_right_target(prediction):
     x0, x_t, t, eps = batch()

@@ -228,6 +228,14 @@ def test_loss_goes_down(tmp_path):
     assert losses[0] > 0.6 and losses[-1] < 0.5 * losses[0], losses
 
 
+def test_timestep_sampling_setting_reaches_the_training_draws(tmp_path):
+    uniform = Trainer(tiny_config(tmp_path, "u"), progress=False)._draws()["t"]
+    noisy = Trainer(tiny_config(tmp_path, "n", "diffusion.timestep_sampling=logit_normal",
+                                "diffusion.timestep_loc=4", "diffusion.timestep_scale=0.1"), progress=False)
+    t = noisy._draws()["t"]  # sigmoid(4 +- 0.4) > 0.97: every draw in the last 3% of the 100 steps
+    assert int(t.min()) >= 97 and int(uniform.min()) < 97
+
+
 def test_schedules_of_lr_and_ema():
     assert lr_at(0, lr=1.0, warmup_steps=4, schedule="constant", total_steps=10) == 0.25
     assert lr_at(3, lr=1.0, warmup_steps=4, schedule="constant", total_steps=10) == 1.0

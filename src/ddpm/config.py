@@ -7,7 +7,8 @@ A config file has the sections below; every key is optional and defaults to the 
     [data]       dataset, image_size, channels, flip, condition, cond_drop_prob, num_workers
     [model]      the fields of `ddpm.models.UNetConfig`
     [diffusion]  schedule, num_timesteps, beta_start, beta_end, zero_terminal_snr, prediction,
-                 learned_variance, min_snr_gamma, vlb_weight
+                 learned_variance, min_snr_gamma, vlb_weight, timestep_sampling, timestep_loc,
+                 timestep_scale
     [train]      steps, batch_size, lr, …           (see `TrainConfig`)
     [sample]     sampler, steps, guidance_scale, num (the preview grid written while training)
     [text]       text-conditioning settings (see `TextConfig`)
@@ -120,6 +121,8 @@ class DiffusionConfig:
 
     `beta_start` / `beta_end` None keep the schedule's defaults. `min_snr_gamma` enables min-SNR-gamma
     loss weighting (Hang et al. 2023); `vlb_weight` is lambda of the hybrid loss with learned variances.
+    `timestep_sampling`: "uniform" (DDPM) or "logit_normal" with `timestep_loc` / `timestep_scale` (the
+    normal's mean and spread in logit(t/T) space; loc > 0 favours the noisy end).
     """
 
     schedule: str = "linear"
@@ -131,6 +134,9 @@ class DiffusionConfig:
     learned_variance: bool = False
     min_snr_gamma: float | None = None
     vlb_weight: float = 0.001
+    timestep_sampling: str = "uniform"
+    timestep_loc: float = 0.0
+    timestep_scale: float = 1.0
 
     def __post_init__(self) -> None:
         _choice("diffusion", "schedule", self.schedule, SCHEDULE_NAMES)
@@ -139,6 +145,9 @@ class DiffusionConfig:
         _need(self.min_snr_gamma is None or self.min_snr_gamma > 0,
               f"diffusion.min_snr_gamma must be positive or none; got {self.min_snr_gamma}")
         _need(self.vlb_weight >= 0, f"diffusion.vlb_weight must be >= 0; got {self.vlb_weight}")
+        _choice("diffusion", "timestep_sampling", self.timestep_sampling, ("uniform", "logit_normal"))
+        _need(self.timestep_scale > 0,
+              f"diffusion.timestep_scale must be positive; got {self.timestep_scale}")
         if (self.beta_start is not None or self.beta_end is not None) and self.schedule == "cosine":
             raise ValueError("diffusion.beta_start/beta_end do not apply to the cosine schedule; remove them")
 

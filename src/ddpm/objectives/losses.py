@@ -7,6 +7,7 @@ min-SNR-gamma weighting (Hang et al. 2023) and the Improved-DDPM hybrid loss for
 | output     | `output`                | network output at x_t, `[B, C, ...]` or `[B, 2C, ...]`         |
 | target     | `process.target`        | eps, x0 or v = sqrt(ab) eps - sqrt(1 - ab) x0                  |
 | w(t)       | `min_snr_weight`        | min-SNR-gamma weight of the squared error, `[B]`               |
+| p(t)       | `sample_timesteps`      | uniform (DDPM) or logit-normal over t/T (Esser et al. 2024)    |
 | lambda     | `vlb_weight`            | weight of L_vlb in the hybrid loss (0.001 in Improved DDPM)    |
 | N          | `num_timesteps_for_vlb` | number of terms L_vlb sums (T of the schedule by default)      |
 
@@ -27,7 +28,9 @@ from ._checks import check_prediction, check_same_shape, check_t, mean_flat, spl
 from .reverse import p_mean_log_variance
 from .vlb import vlb_nats
 
-__all__ = ["sample_timesteps", "min_snr_weight", "training_loss"]
+__all__ = ["TIMESTEP_SAMPLING", "sample_timesteps", "min_snr_weight", "training_loss"]
+
+TIMESTEP_SAMPLING = ("uniform", "logit_normal")
 
 
 def sample_timesteps(
@@ -36,14 +39,32 @@ def sample_timesteps(
     *,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    distribution: str = "uniform",
+    loc: float = 0.0,
+    scale: float = 1.0,
 ) -> Tensor:
-    """t ~ Uniform{0, …, T-1} (DDPM Alg. 1), int64 `[B]`, drawn on the generator's device, then `device`."""
+    """Training timesteps, int64 `[B]`, drawn on the generator's device, then moved to `device`.
+
+    "uniform": t ~ Uniform{0, …, T-1} (DDPM Alg. 1). "logit_normal": t = floor(T * sigmoid(u)) with
+    u ~ N(loc, scale^2), the logit-normal of Esser et al. 2024 (Eq. 19) on the discrete grid: it spends the
+    steps on the middle of the schedule, and on its noisy end for loc > 0, where a conditional model
+    decides layout and colour, rather than on the nearly clean steps that only refine edges.
+    """
     if int(batch) != batch or batch < 0:
         raise ValueError(f"batch must be a non-negative integer, got {batch!r}")
     if int(num_timesteps) != num_timesteps or num_timesteps < 1:
         raise ValueError(f"num_timesteps must be a positive integer, got {num_timesteps!r}")
+    if distribution not in TIMESTEP_SAMPLING:
+        raise ValueError(f"timestep distribution must be one of {TIMESTEP_SAMPLING}, got {distribution!r}")
+    if not (math.isfinite(loc) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"logit-normal timesteps need a finite loc and a positive scale, got {loc}, {scale}")
     draw_on = generator.device if generator is not None else device
-    t = torch.randint(0, int(num_timesteps), (int(batch),), generator=generator, device=draw_on)
+    n = int(num_timesteps)
+    if distribution == "uniform":
+        t = torch.randint(0, n, (int(batch),), generator=generator, device=draw_on)
+    else:
+        u = torch.randn(int(batch), generator=generator, device=draw_on, dtype=torch.float64) * scale + loc
+        t = (torch.sigmoid(u) * n).floor().clamp(0, n - 1).to(torch.int64)
     return t.to(device) if device is not None else t
 
 

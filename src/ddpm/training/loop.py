@@ -302,9 +302,12 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ one step
     def _draws(self) -> dict[str, Tensor | None]:
-        g, n = self.generator, self.config.train.batch_size
+        g, n, d = self.generator, self.config.train.batch_size, self.config.diffusion
         return {
-            "t": sample_timesteps(n, self.schedule.num_timesteps, generator=g),
+            "t": sample_timesteps(
+                n, self.schedule.num_timesteps, generator=g, distribution=d.timestep_sampling,
+                loc=d.timestep_loc, scale=d.timestep_scale,
+            ),
             "eps": torch.randn(n, *self.shape, generator=g),
             "drop": torch.rand(n, generator=g) < self.drop_prob if self.drop_prob > 0 else None,
             "flip": torch.rand(n, generator=g) < 0.5 if self.config.data.flip else None,

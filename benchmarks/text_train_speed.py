@@ -1,9 +1,11 @@
 """Text-to-image on `shapes`: what a training step costs, and what a trained model scores.
 
-python benchmarks/text_train_speed.py speed [--threads 1 2] [--batch 32] [--configs NAME …]
-    seconds per optimizer step (UNet + text encoder, forward, backward, AdamW) of candidate UNets at
-    32x32, at each thread count; the table prints the machine's load average, since on a shared machine
-    it decides the numbers more than the model does.
+python benchmarks/text_train_speed.py speed [--threads 1 2] [--configs NAME …]
+    one optimizer step (UNet + text encoder, forward, backward, AdamW) at 32x32 for our UNets and for the
+    peer, a diffusers UNet2DConditionModel as a new user would set it up for this task (5.50M parameters,
+    cross-attention at 16x16 and 8x8, batch 48); prints s/step, images/s and each design's images/s as a
+    ratio to the peer's at the same thread count, beside the machine's load average (on a shared machine
+    the load decides the numbers more than the model does).
 python benchmarks/text_train_speed.py alignment MODEL [--guidance 1 3 5] [--num 100] [--steps 20]
     per-attribute prompt alignment (`ddpm.evaluation.alignment`) of a text-to-image model on the seen and
     held-out prompt suites, one table per guidance scale, and the same as JSON with --out.
@@ -16,37 +18,73 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import Tensor, nn
 
+from ddpm.config import load_config
 from ddpm.models.small_text_encoder import SmallTextConfig, SmallTextEncoder
 from ddpm.models.unet import UNet, UNetConfig
 
-# Candidate UNets (cross-attention wherever there is attention; context width 64).
-CANDIDATES: dict[str, dict] = {
-    "c32-124-attn8": dict(model_channels=32, channel_mult=(1, 2, 4), attention_resolutions=(4,)),
-    "c32-124-attn16+8": dict(model_channels=32, channel_mult=(1, 2, 4), attention_resolutions=(2, 4)),
-    "c16-148-attn8": dict(model_channels=16, channel_mult=(1, 4, 8), attention_resolutions=(4,)),
-    "c16-124-attn8": dict(model_channels=16, channel_mult=(1, 2, 4), attention_resolutions=(4,)),
+REPO = Path(__file__).resolve().parents[1]
+CONTEXT_DIM = 64
+Forward = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def _ours(model: dict) -> tuple[nn.Module, Forward]:
+    unet = UNet(UNetConfig(**{**model, "context_dim": CONTEXT_DIM}))
+    return unet, lambda x, t, ctx: unet(x, t, context=ctx)
+
+
+def shapes_config() -> tuple[nn.Module, Forward]:
+    """The UNet of configs/shapes_txt2img.toml (patches of 2, pooled text, attention at 8x8 and 4x4)."""
+    model = load_config(REPO / "configs" / "shapes_txt2img.toml").model.to_dict()
+    return _ours({k: v for k, v in model.items() if v is not None and k != "context_dim"})
+
+
+def first_design() -> tuple[nn.Module, Forward]:
+    """The first shapes UNet: full 32x32 resolution, width 16, channel_mult (1, 4, 8), attention at 8x8."""
+    return _ours(dict(model_channels=16, channel_mult=(1, 4, 8), num_res_blocks=1, attention_resolutions=(4,),
+                      num_head_channels=32, norm_groups=8, channels_last=True))  # fmt: skip
+
+
+def peer_diffusers() -> tuple[nn.Module, Forward]:
+    """diffusers' UNet2DConditionModel, 5.50M parameters, cross-attention in the 16x16 and 8x8 blocks."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(64, 96, 128), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=CONTEXT_DIM, attention_head_dim=8, norm_num_groups=16,
+    )  # fmt: skip
+    return unet, lambda x, t, ctx: unet(x, t, encoder_hidden_states=ctx).sample
+
+
+# name -> (builder, batch size): the peer at the batch the issue's new user ran, ours at the config's.
+DESIGNS: dict[str, tuple[Callable[[], tuple[nn.Module, Forward]], int]] = {
+    "diffusers-5.5M (peer)": (peer_diffusers, 48),
+    "ddpm shapes_txt2img": (shapes_config, 32),
+    "ddpm first design": (first_design, 32),
 }
 
 
-def step_seconds(unet_kw: dict, *, batch: int, threads: int, repeats: int = 4) -> float:
-    """Mean wall time of one training step of `unet_kw` at 32x32 (after two warm-up steps)."""
+def step_seconds(build: Callable[[], tuple[nn.Module, Forward]], *, batch: int, threads: int,
+                 repeats: int = 6) -> tuple[float, int]:  # fmt: skip
+    """Mean wall time of one training step at 32x32 (after two warm-up steps), and the UNet's size."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    cfg = UNetConfig(**unet_kw, num_res_blocks=1, num_head_channels=32, norm_groups=8, context_dim=64,
-                     channels_last=True)  # fmt: skip
-    unet = UNet(cfg)
-    enc = SmallTextEncoder(SmallTextConfig(vocab_size=30, width=64, heads=4, mlp_ratio=2))
+    unet, forward = build()
+    enc = SmallTextEncoder(SmallTextConfig(vocab_size=30, width=CONTEXT_DIM, heads=4, mlp_ratio=2))
     opt = torch.optim.AdamW([*unet.parameters(), *enc.parameters()], lr=1e-4)
     x = torch.randn(batch, 3, 32, 32)
     t = torch.randint(0, 1000, (batch,))
     ids = torch.randint(0, 30, (batch, 16))
 
     def step() -> None:
-        out = unet(x, t, context=enc(ids))
+        out = forward(x, t, enc(ids))
         (out - x).pow(2).mean().backward()
         opt.step()
         opt.zero_grad()
@@ -56,7 +94,7 @@ def step_seconds(unet_kw: dict, *, batch: int, threads: int, repeats: int = 4) -
     t0 = time.perf_counter()
     for _ in range(repeats):
         step()
-    return (time.perf_counter() - t0) / repeats
+    return (time.perf_counter() - t0) / repeats, sum(p.numel() for p in unet.parameters())
 
 
 def speed(args: argparse.Namespace) -> None:
@@ -64,15 +102,18 @@ def speed(args: argparse.Namespace) -> None:
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__}"
     )
-    print(f"{'config':<20} {'params':>7} {'threads':>7} {'s/step':>7} {'img/s':>6} {'load':>5}")
-    for name in args.configs:
-        n = sum(p.numel() for p in UNet(UNetConfig(**CANDIDATES[name], num_res_blocks=1, num_head_channels=32,
-                                                   norm_groups=8, context_dim=64)).parameters())  # fmt: skip
-        for threads in args.threads:
-            s = step_seconds(CANDIDATES[name], batch=args.batch, threads=threads)
-            load = os.getloadavg()[0]
+    head = ("design", "params", "batch", "threads", "s/step", "img/s", "vs peer", "load")
+    print(f"{head[0]:<24} " + " ".join(f"{h:>{w}}" for h, w in zip(head[1:], (7, 5, 7, 7, 6, 7, 5))))
+    peer_rate: dict[int, float] = {}
+    for threads in args.threads:
+        for name in args.configs:
+            build, batch = DESIGNS[name]
+            s, n = step_seconds(build, batch=batch, threads=threads)
+            rate = batch / s
+            peer_rate.setdefault(threads, rate)  # the first design listed is the reference
             print(
-                f"{name:<20} {n / 1e6:>6.2f}M {threads:>7} {s:>7.2f} {args.batch / s:>6.1f} {load:>5.1f}",
+                f"{name:<24} {n / 1e6:>6.2f}M {batch:>5} {threads:>7} {s:>7.3f} {rate:>6.1f} "
+                f"{rate / peer_rate[threads]:>6.2f}x {os.getloadavg()[0]:>5.1f}",
                 flush=True,
             )
 
@@ -107,8 +148,8 @@ def main() -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("speed")
     s.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    s.add_argument("--batch", type=int, default=32)
-    s.add_argument("--configs", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
+    s.add_argument("--configs", nargs="+", default=list(DESIGNS), choices=list(DESIGNS),
+                   help="designs to time; the first is the reference of the ratio column")
     s.set_defaults(func=speed)
     a = sub.add_parser("alignment")
     a.add_argument("model")

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ddpm.models import UNet, UNetConfig
+from ddpm.models.unet import _coordinates
 
 KEYS_JSON = Path(__file__).parent / "data" / "sd15_single_file_keys.json"
 PREFIX = "model.diffusion_model."
@@ -200,6 +201,24 @@ def test_patch_size_is_the_unpatched_network_on_pixel_unshuffled_input():
     assert patched.config.downsampling_factor == 4
     with pytest.raises(ValueError, match="divisible by 4"):
         patched(torch.randn(2, 2, 6, 6), t, context=ctx)
+
+
+def test_coord_channels_feed_each_cells_column_and_row_to_the_stem():
+    coords = UNet(tiny(coord_channels=True, patch_size=2))
+    plain = UNet(tiny(patch_size=2))
+    randomize(coords).eval()
+    stem = coords.input_blocks[0][0].weight  # [C, 2*4 + 2, 3, 3]: folded pixels, then column and row
+    assert stem.shape[1] == 10
+    state = {k: (v[:, :8] if k == "input_blocks.0.0.weight" else v) for k, v in coords.state_dict().items()}
+    plain.load_state_dict(state)
+    plain.eval()
+    x, t = torch.randn(2, 2, 8, 8), torch.tensor([5, 700])
+    assert not torch.allclose(coords(x, t), plain(x, t))
+    with torch.no_grad():
+        stem[:, 8:].zero_()  # without its coordinate weights the network is the plain one
+    torch.testing.assert_close(coords(x, t), plain(x, t))
+    grid = _coordinates(torch.zeros(1, 3, 2, 3))  # column in [-1, 1] left to right, row top to bottom
+    assert grid.tolist() == [[[[-1.0, 0.0, 1.0], [-1.0, 0.0, 1.0]], [[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]]]
 
 
 def test_context_pool_adds_the_mean_context_token_to_the_embedding():

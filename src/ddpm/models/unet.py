@@ -10,18 +10,21 @@ UNet.
 | ds     | `attention_resolutions` | downsampling factors where attention sits: 1 = input size, 2 = half  |
 | E      | `4 * model_channels`    | width of the timestep (+ class) embedding                            |
 | p      | `patch_size`            | side of the pixel patches folded into channels before the stem conv  |
+| (u, v) | `coord_channels`        | two extra stem inputs: the pixel's column and row, in [-1, 1]        |
 
 The layout is the one of DDPM (Ho et al. 2020, App. B) as generalised by ADM (Dhariwal & Nichol 2021) and
 LDM (Rombach et al. 2022): `input_blocks` (a stem conv, then per level `num_res_blocks` ResBlocks, each
 optionally followed by attention, and a downsampler between levels), a `middle_block` (ResBlock,
 attention, ResBlock) and `output_blocks` mirroring the input side with skip connections concatenated on
-the channel axis. Two options for small models on small compute: `patch_size=p` folds each p x p patch of
+the channel axis. Three options for small models on small compute: `patch_size=p` folds each p x p patch of
 the input into channels (pixel unshuffle) before the stem and unfolds the output the same way, so every
 level runs at 1/p of the side (the "simple diffusion" patching of Hoogeboom et al. 2023); `context_pool`
 adds a projection of the mean context token to the timestep embedding, so a prompt's summary modulates
 every ResBlock beside the cross-attention at the attended levels (Imagen's pooled text embedding, Saharia
-et al. 2022). Module names equal the Stable Diffusion single-file checkpoint keys under
-`model.diffusion_model.`, so loading one is a prefix strip.
+et al. 2022); `coord_channels` feeds the stem each position's coordinates (CoordConv, Liu et al. 2018), so
+that "left of" and "above" have somewhere to attach: a convolution stack on pure noise otherwise knows
+where it is only through the zero padding at the borders. Module names equal the Stable Diffusion
+single-file checkpoint keys under `model.diffusion_model.`, so loading one is a prefix strip.
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ class UNetConfig:
     channels_last: bool = False
     patch_size: int = 1
     context_pool: bool = False
+    coord_channels: bool = False
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
@@ -235,6 +239,14 @@ class UNetConfig:
         return cls.from_dict({**base, **overrides})
 
 
+def _coordinates(h: Tensor) -> Tensor:
+    """`[B, 2, H, W]`: each cell's column and row centre, mapped to [-1, 1] (size-independent)."""
+    b, _, height, width = h.shape
+    v = torch.linspace(-1.0, 1.0, height, device=h.device, dtype=h.dtype)
+    u = torch.linspace(-1.0, 1.0, width, device=h.device, dtype=h.dtype)
+    return torch.stack(torch.meshgrid(v, u, indexing="ij")[::-1]).expand(b, 2, height, width)
+
+
 class UNet(nn.Module):
     """`unet(x [B, C_in, H, W], t [B], *, class_labels [B] | None, context [B, S, D] | None)
     -> [B, C_out, H, W]`; the DDPM/ADM/LDM UNet (see module docstring)."""
@@ -275,7 +287,7 @@ class UNet(nn.Module):
         self.context_emb = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_pool else None
 
         p2 = cfg.patch_size**2
-        stem = nn.Conv2d(cfg.in_channels * p2, mc, 3, padding=1)
+        stem = nn.Conv2d(cfg.in_channels * p2 + (2 if cfg.coord_channels else 0), mc, 3, padding=1)
         self.input_blocks = nn.ModuleList([TimestepSequential(stem)])
         skip_channels = [mc]
         ch, ds = mc, 1
@@ -405,6 +417,8 @@ class UNet(nn.Module):
         if self.context_emb is not None:
             emb = emb + self.context_emb(context.mean(dim=1).to(emb.dtype))
         h = F.pixel_unshuffle(x, cfg.patch_size) if cfg.patch_size > 1 else x
+        if cfg.coord_channels:
+            h = torch.cat([h, _coordinates(h)], dim=1)
         h = h.contiguous(memory_format=torch.channels_last) if self.channels_last else h
         skips = []
         for block in self.input_blocks:

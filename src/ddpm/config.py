@@ -122,7 +122,8 @@ class DiffusionConfig:
     `beta_start` / `beta_end` None keep the schedule's defaults. `min_snr_gamma` enables min-SNR-gamma
     loss weighting (Hang et al. 2023); `vlb_weight` is lambda of the hybrid loss with learned variances.
     `timestep_sampling`: "uniform" (DDPM) or "logit_normal" with `timestep_loc` / `timestep_scale` (the
-    normal's mean and spread in logit(t/T) space; loc > 0 favours the noisy end).
+    normal's mean and spread in logit(t/T) space; loc > 0 favours the noisy end). Non-uniform timesteps
+    reweight every term of the loss, the L_vlb of learned variances included.
     """
 
     schedule: str = "linear"

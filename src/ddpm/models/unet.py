@@ -346,7 +346,9 @@ class UNet(nn.Module):
         f = cfg.downsampling_factor
         if x.shape[2] % f or x.shape[3] % f:
             raise ValueError(
-                f"UNet with {len(cfg.channel_mult)} levels needs H and W divisible by {f}; got "
+                f"UNet with {len(cfg.channel_mult)} levels"
+                + (f" and {cfg.patch_size}x{cfg.patch_size} patches" if cfg.patch_size > 1 else "")
+                + f" needs H and W divisible by {f}; got "
                 f"{x.shape[2]}x{x.shape[3]} (pad or resize the input)"
             )
         b = x.shape[0]

@@ -92,8 +92,8 @@ def resolve_unet_config(config: Config, dataset: Any, conditioner: Conditioner) 
     if dataset.image_size % f:
         raise ValueError(
             f"images of {dataset.image_size}x{dataset.image_size} do not fit a UNet with "
-            f"{len(unet_config.channel_mult)} levels (sizes must be multiples of {f}); change "
-            "data.image_size or model.channel_mult"
+            f"{len(unet_config.channel_mult)} levels and patch size {unet_config.patch_size} (sizes must be "
+            f"multiples of {f}); change data.image_size, model.channel_mult or model.patch_size"
         )
     return unet_config
 

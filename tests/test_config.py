@@ -109,6 +109,13 @@ def test_types_and_ranges_are_checked_with_the_key_named(tmp_path):
         load_config(_write(tmp_path, "[train\n"))
 
 
+def test_timestep_sampling_names_match_the_objectives():
+    from ddpm.config import TIMESTEP_SAMPLINGS
+    from ddpm.objectives import TIMESTEP_SAMPLING
+
+    assert TIMESTEP_SAMPLINGS == TIMESTEP_SAMPLING
+
+
 def test_config_to_dict_is_plain():
     d = config_to_dict(Config())
     assert d["model"]["channel_mult"] == [1, 2, 2, 2] and d["data"]["image_size"] is None

@@ -58,6 +58,7 @@ PREDICTIONS = ("eps", "x0", "v")
 SCHEDULE_NAMES = ("linear", "cosine", "scaled_linear", "sigmoid")
 MIXED_PRECISION = ("auto", "no", "bf16")
 LR_SCHEDULES = ("constant", "cosine")
+TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")  # ddpm.objectives.TIMESTEP_SAMPLING, without importing torch
 TASKS = ("diffusion", "autoencoder")
 RECONSTRUCTIONS = ("l2", "l1")
 
@@ -146,7 +147,7 @@ class DiffusionConfig:
         _need(self.min_snr_gamma is None or self.min_snr_gamma > 0,
               f"diffusion.min_snr_gamma must be positive or none; got {self.min_snr_gamma}")
         _need(self.vlb_weight >= 0, f"diffusion.vlb_weight must be >= 0; got {self.vlb_weight}")
-        _choice("diffusion", "timestep_sampling", self.timestep_sampling, ("uniform", "logit_normal"))
+        _choice("diffusion", "timestep_sampling", self.timestep_sampling, TIMESTEP_SAMPLINGS)
         _need(self.timestep_scale > 0,
               f"diffusion.timestep_scale must be positive; got {self.timestep_scale}")
         if (self.beta_start is not None or self.beta_end is not None) and self.schedule == "cosine":

@@ -29,8 +29,9 @@ def test_non_default_values_round_trip(tmp_path):
         "model.channel_mult=[1, 2]", "model.num_classes=10", "model.num_head_channels=16",
         "diffusion.min_snr_gamma=5", "diffusion.beta_end=0.0123456789012345678", "train.lr=1e-20",
         "train.grad_clip=0", "sample.guidance_scale=2", "diffusion.timestep_sampling=logit_normal",
-        "diffusion.timestep_loc=0.5",
+        "diffusion.timestep_loc=0.5", "data.options={num = 40000, pair_fraction = 0.9, labels = \"none\"}",
     ])
+    assert cfg.data.options == {"num": 40000, "pair_fraction": 0.9, "labels": "none"}
     assert cfg.run.name == 'ünïcode "quoted"' and cfg.model.channel_mult == (1, 2)
     assert cfg.train.lr == 1e-20 and isinstance(cfg.sample.guidance_scale, float)
     assert load_config(_write(tmp_path, dump_config(cfg))) == cfg
@@ -94,6 +95,8 @@ def test_types_and_ranges_are_checked_with_the_key_named(tmp_path):
         "train.ema_decay=1.0": r"train.ema_decay must lie in \[0, 1\)",
         "model.num_heads=0": "num_heads must be a positive integer",
         "data.image_size=none": None,
+        "data.options=3": "data.options must be a table",
+        "data.options={flip = true}": r"data.options cannot set flip: use the \[data\] / \[train\] key",
     }
     for override, message in cases.items():
         overrides = [override, "train.grad_accum=4", "train.batch_size=16"] if "batch_size" not in override \

@@ -393,7 +393,7 @@ def test_folder_auto_labels_need_every_image_in_a_class_folder(tmp_path):
         load_dataset(root, split="all", labels="folders")
     with pytest.raises(ValueError, match="labels must be one of"):
         load_dataset(root, labels="yes")
-    with pytest.raises(TypeError, match="unknown option"):
+    with pytest.raises(ValueError, match="takes no option 'colour'; its options: labels, max_pixels"):
         load_dataset(root, colour="red")
 
 

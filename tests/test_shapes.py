@@ -246,6 +246,15 @@ def test_load_dataset_reaches_the_factory() -> None:
         shapes_dataset(channels=1, num=4)
 
 
+def test_load_dataset_options_reach_shapes_and_unknown_ones_are_named() -> None:
+    pairs = load_dataset("shapes", num=12, pair_fraction=1.0)
+    singles = load_dataset("shapes", num=12, pair_fraction=0.0)
+    assert all(len(pairs.scene(i).objects) == 2 for i in range(12))
+    assert all(len(singles.scene(i).objects) == 1 for i in range(12))
+    with pytest.raises(ValueError, match="takes no option 'pairs'; its options: num, pair_fraction"):
+        load_dataset("shapes", num=4, pairs=1.0)
+
+
 @pytest.mark.parametrize("kw, match", [
     ({"split": "valid"}, "unknown shapes split"), ({"num": 0}, "positive"),
     ({"image_size": 8}, ">= 16"), ({"pair_fraction": 1.5}, "[0, 1]"),

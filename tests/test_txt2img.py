@@ -22,8 +22,12 @@ from ddpm.training import export_model, train
 from ddpm.training.text_conditioning import WordTextConditioner
 
 
-def _tiny_shapes(**kw):
-    return ShapesDataset(split="train", image_size=16, num=24, seed=0)
+FACTORY_CALLS: list[dict] = []
+
+
+def _tiny_shapes(*, pair_fraction: float = 0.6, **kw):
+    FACTORY_CALLS.append({"pair_fraction": pair_fraction, **kw})
+    return ShapesDataset(split="train", image_size=16, num=24, seed=0, pair_fraction=pair_fraction)
 
 
 register_builtin("tiny_shapes_for_tests", _tiny_shapes, replace=True)
@@ -32,6 +36,7 @@ TINY_TEXT = [
     "data.dataset=tiny_shapes_for_tests",
     "data.condition=text",
     "data.cond_drop_prob=0.25",
+    "data.options={pair_fraction = 0.9}",
     "model.model_channels=16",
     "model.channel_mult=[1, 2]",
     "model.num_res_blocks=1",
@@ -80,6 +85,9 @@ def test_a_tiny_text_model_trains_and_stores_its_encoder(run):
     assert "circle" in enc["tokenizer"]["vocab"]
     assert meta["unet"]["context_dim"] == enc["config"]["width"]
     assert (run / "samples" / "step-3.png").is_file()
+    # data.options reached the dataset's factory and travel in the model file
+    assert FACTORY_CALLS and all(c["pair_fraction"] == 0.9 and c["split"] == "train" for c in FACTORY_CALLS)
+    assert meta["data"]["options"] == {"pair_fraction": 0.9}
 
 
 def test_pipeline_loads_the_trained_text_encoder(run):

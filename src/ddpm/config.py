@@ -87,6 +87,10 @@ class RunConfig:
         _choice("run", "task", self.task, TASKS)
 
 
+# load_dataset keywords that the training run itself decides; data.options may not override them.
+_SET_BY_TRAINING = frozenset({"split", "image_size", "channels", "flip", "seed", "holdout_fraction"})
+
+
 @dataclass
 class DataConfig:
     """The training images: a built-in name ("digits", "faces", "shapes") or an image folder.
@@ -94,7 +98,9 @@ class DataConfig:
     `image_size` / `channels` None keep the dataset's own. `flip`: random horizontal flips, decided by the
     training generator so a resumed run sees the same ones. `condition`: "none", "class" (labels, with
     `cond_drop_prob` of them replaced by the null class for classifier-free guidance) or "text" (captions).
-    `num_workers`: DataLoader workers for datasets that are not held in memory.
+    `num_workers`: DataLoader workers for datasets that are not held in memory. `options`: keywords for the
+    dataset itself, e.g. `{num = 40000, pair_fraction = 0.9}` for `shapes` or `{labels = "folders"}` for
+    a folder; a key the dataset does not take is an error that lists the ones it does.
     """
 
     dataset: str = "digits"
@@ -104,6 +110,7 @@ class DataConfig:
     condition: str = "none"
     cond_drop_prob: float = 0.1
     num_workers: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _need(bool(self.dataset), "data.dataset must name a built-in dataset or an image folder")
@@ -114,6 +121,9 @@ class DataConfig:
         _need(0.0 <= self.cond_drop_prob < 1.0,
               f"data.cond_drop_prob must lie in [0, 1); got {self.cond_drop_prob}")
         _need(self.num_workers >= 0, f"data.num_workers must be >= 0; got {self.num_workers}")
+        reserved = sorted(set(self.options) & _SET_BY_TRAINING)
+        _need(not reserved, f"data.options cannot set {', '.join(reserved)}: use the [data] / [train] key of "
+              "that name instead")
 
 
 @dataclass

@@ -11,6 +11,7 @@ the deterministic held-out split of `splits.py` and the flip for it.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import weakref
 from collections.abc import Callable
@@ -25,6 +26,8 @@ __all__ = ["load_dataset", "register_builtin", "builtin_names", "split_factory",
 _BUILTINS: dict[str, Callable[..., Any]] = {}
 # Built-ins defined in modules of their own, imported on first use: name -> (module, factory attribute).
 _BUILTIN_MODULES = {"shapes": ("ddpm.data.shapes", "shapes_dataset")}
+# Keywords `load_dataset` passes to every factory itself.
+_COMMON = frozenset({"split", "image_size", "channels", "flip", "seed", "holdout_fraction"})
 
 
 def register_builtin(name: str, factory: Callable[..., Any], *, replace: bool = False) -> None:
@@ -57,6 +60,18 @@ def _builtin(name: str) -> Callable[..., Any] | None:
         if name not in _BUILTINS and hasattr(module, attr):  # the module may register itself on import
             register_builtin(name, getattr(module, attr))
     return _BUILTINS.get(name)
+
+
+def _check_options(name: str, factory: Callable[..., Any], options: dict[str, Any]) -> None:
+    """Refuse a keyword the built-in's factory does not take, naming the ones it does."""
+    params = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    own = [n for n in params if n not in _COMMON]
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        raise ValueError(f"built-in dataset {name!r} takes no option {unknown[0]!r}; its options: "
+                         f"{', '.join(own) if own else '(none)'}")
 
 
 def _looks_like_path(s: str) -> bool:
@@ -147,6 +162,7 @@ def load_dataset(
     if isinstance(name_or_path, str) and not _looks_like_path(name_or_path):
         factory = _builtin(name_or_path)
         if factory is not None:
+            _check_options(name_or_path, factory, options)
             kw = dict(split=split, image_size=image_size, channels=channels, flip=flip, seed=seed)
             return factory(**kw, holdout_fraction=holdout_fraction, **options)
 
@@ -157,7 +173,12 @@ def load_dataset(
             f"{os.fspath(name_or_path)!r} is neither a built-in dataset ({', '.join(builtin_names())}) "
             "nor an existing folder of images"
         )
-    from .folder import ImageFolder
+    from .folder import _FOLDER_OPTIONS, ImageFolder
 
+    unknown = sorted(set(options) - set(_FOLDER_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"an image folder takes no option {unknown[0]!r}; its options: {', '.join(_FOLDER_OPTIONS)}"
+        )
     base = ImageFolder.cached(path, image_size=image_size, channels=channels, **options)
     return split_view(base, split, flip=flip, seed=seed, holdout_fraction=holdout_fraction)

@@ -136,6 +136,7 @@ class EvalContext:
                 split=split,
                 image_size=data.get("image_size"),
                 channels=data.get("channels"),
+                **(data.get("options") or {}),
             )
             images, labels = ds.as_tensor()
             self._real[split] = (images.float(), labels)

@@ -40,6 +40,7 @@ def model_meta(
             "image_size": int(dataset.image_size),
             "channels": int(dataset.channels),
             "class_names": list(dataset.class_names) if getattr(dataset, "class_names", None) else None,
+            "options": dict(config.data.options),
         },
         "conditioning": conditioner.meta(),
         "sampling": {

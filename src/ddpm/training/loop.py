@@ -234,7 +234,7 @@ class Trainer:
 
         cfg, tc, dc = self.config, self.config.train, self.config.data
         self.dataset = load_dataset(dc.dataset, split="train", image_size=dc.image_size, channels=dc.channels,
-                                    flip=False, seed=tc.seed)
+                                    flip=False, seed=tc.seed, **dc.options)
         self.conditioner = make_conditioner(cfg, self.dataset)
         self.unet_config = resolve_unet_config(cfg, self.dataset, self.conditioner)
         cfg.model = self.unet_config

@@ -93,11 +93,31 @@ def test_encoder_ignores_padding_and_reads_word_order(tok):
         enc(torch.zeros(1, 17, dtype=torch.long))
 
 
+def test_causal_encoder_states_depend_on_earlier_words_only(tok):
+    torch.manual_seed(0)
+    enc = SmallTextEncoder(SmallTextConfig(vocab_size=tok.vocab_size, width=32, heads=4, causal=True)).eval()
+    bidirectional = SmallTextEncoder(SmallTextConfig(vocab_size=tok.vocab_size, width=32, heads=4)).eval()
+    bidirectional.load_state_dict(enc.state_dict())
+    a = tok(["a red circle to the left of a blue square", "a red circle to the right of a blue square"])
+    with torch.no_grad():
+        causal, full = enc(a.input_ids, a.attention_mask), bidirectional(a.input_ids, a.attention_mask)
+    # <bos> a red circle to the: the same words so far, so the same causal states; later words differ
+    assert torch.allclose(causal[0, :6], causal[1, :6], atol=1e-6)
+    assert (causal[0, 6:12] - causal[1, 6:12]).abs().amax(dim=-1).min() > 1e-3
+    assert (full[0, :6] - full[1, :6]).abs().amax() > 1e-3  # bidirectional: "left"/"right" reach every word
+    # padding positions (after <eos>) see the whole prompt; the real tokens never see them
+    short = enc(a.input_ids[:, :13], a.attention_mask[:, :13])
+    assert torch.allclose(short, causal[:, :13], atol=1e-5)
+    assert (causal[0, 13:] - causal[1, 13:]).abs().amax() > 1e-3
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="multiple of heads"):
         SmallTextConfig(vocab_size=10, width=30, heads=4)
     with pytest.raises(ValueError, match="unknown text-encoder config keys"):
         SmallTextConfig.from_dict({"vocab_size": 10, "depth": 3})
+    with pytest.raises(ValueError, match="causal must be true or false"):
+        SmallTextConfig(vocab_size=10, causal=1)
 
 
 class _Captions:
@@ -167,9 +187,12 @@ def test_caption_dropout_rate_matches_the_config():
             assert abs(drop.float().mean().item() - p) < 0.01
 
 
-def test_conditioner_round_trips_through_its_metadata():
+@pytest.mark.parametrize("causal", [False, True])
+def test_conditioner_round_trips_through_its_metadata(causal):
     torch.manual_seed(0)
-    cond = _conditioner().eval()
+    overrides = ["data.dataset=shapes", "data.condition=text", f"text.causal={str(causal).lower()}"]
+    cond = make_conditioner(load_config(None, overrides), _Captions()).eval()
+    assert cond.encoder.config.causal is causal and cond.meta()["text_encoder"]["config"]["causal"] is causal
     again = text_conditioner_from_meta(cond.meta()["text_encoder"]).eval()
     again.load_state_dict(cond.state_dict())
     prompts = ["a small red circle", "a blue square to the left of a green triangle", ""]

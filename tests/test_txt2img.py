@@ -21,7 +21,6 @@ from ddpm.pipelines.text import TextToImagePipeline
 from ddpm.training import export_model, train
 from ddpm.training.text_conditioning import WordTextConditioner
 
-
 FACTORY_CALLS: list[dict] = []
 
 

@@ -253,7 +253,8 @@ class TextConfig:
     """Text conditioning (data.condition = "text"): the text encoder trained with the UNet.
 
     `context_length` tokens per caption; the encoder's `width` (= the UNet's context_dim), `layers`, `heads`
-    and `mlp_ratio`. None (absent) takes the text conditioner's default (`ddpm.training.text_conditioning`).
+    and `mlp_ratio`; `causal` attention (each word sees the words before it, as in CLIP) instead of
+    bidirectional. None (absent) takes the text conditioner's default (`ddpm.training.text_conditioning`).
     """
 
     context_length: int | None = None
@@ -261,6 +262,7 @@ class TextConfig:
     layers: int | None = None
     heads: int | None = None
     mlp_ratio: int | None = None
+    causal: bool | None = None
 
     def __post_init__(self) -> None:
         for key in ("context_length", "width", "layers", "heads", "mlp_ratio"):

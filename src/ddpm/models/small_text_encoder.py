@@ -1,10 +1,15 @@
 """A small transformer text encoder trained from scratch together with the UNet.
 
 Token and learned position embeddings, `layers` pre-LayerNorm transformer layers (Vaswani et al. 2017 with
-the pre-norm arrangement of GPT-2) attending over all non-padding tokens (bidirectional: word order, hence
-"A left of B" vs "B left of A", is carried by the position embeddings), and a final LayerNorm. The per-token
+the pre-norm arrangement of GPT-2) attending over the non-padding tokens, and a final LayerNorm. The per-token
 states `[B, L, width]` feed the UNet's cross-attention as `context`, exactly where a frozen CLIP encoder's
 states go in the Stable Diffusion layout.
+
+Attention is bidirectional by default; `causal=True` lets each token see only itself and the tokens before
+it, as in CLIP's text encoder (padding positions, after the prompt, then see all of it). Causality makes word
+order a first-order feature: in "a red circle to the left of a blue square" only the words of the second
+object have seen "left", so their states differ from the first object's by the relation, where a bidirectional
+encoder gives both objects the same view of the sentence and only the position embeddings tell them apart.
 
 | symbol | code             | meaning                                      |
 | ------ | ---------------- | -------------------------------------------- |
@@ -35,12 +40,15 @@ class SmallTextConfig:
     layers: int = 2
     heads: int = 4
     mlp_ratio: int = 4
+    causal: bool = False
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "width", "layers", "heads", "mlp_ratio"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"SmallTextConfig.{name} must be a positive integer; got {value!r}")
+        if not isinstance(self.causal, bool):
+            raise ValueError(f"SmallTextConfig.causal must be true or false; got {self.causal!r}")
         if self.width % self.heads:
             raise ValueError(
                 f"SmallTextConfig.width ({self.width}) must be a multiple of heads ({self.heads})"
@@ -115,6 +123,9 @@ class SmallTextEncoder(nn.Module):
         key_mask = None
         if attention_mask is not None:
             key_mask = attention_mask.to(torch.bool)[:, None, None, :]  # [B, 1, 1, L], broadcast over queries
+        if self.config.causal:  # query i sees keys j <= i (the first token, <bos>, is never padding)
+            earlier = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+            key_mask = earlier if key_mask is None else key_mask & earlier
         for layer in self.layers:
             x = layer(x, key_mask)
         return self.final_norm(x)

@@ -33,7 +33,9 @@ __all__ = [
 ]
 
 # [text] settings and their defaults: the encoder of configs/shapes_txt2img.toml.
-TEXT_DEFAULTS: dict[str, Any] = {"context_length": 16, "width": 64, "layers": 2, "heads": 4, "mlp_ratio": 2}
+TEXT_DEFAULTS: dict[str, Any] = {
+    "context_length": 16, "width": 64, "layers": 2, "heads": 4, "mlp_ratio": 2, "causal": False,
+}
 _PREVIEW_ROWS = 4
 
 
@@ -179,6 +181,7 @@ def _text_factory(config: Any, dataset: Any) -> WordTextConditioner:
         layers=int(_setting(config, "layers")),
         heads=int(_setting(config, "heads")),
         mlp_ratio=int(_setting(config, "mlp_ratio")),
+        causal=bool(_setting(config, "causal")),
     )
     cond = WordTextConditioner(tok, enc)
     cond.preview_prompts = list(dict.fromkeys(captions))[:_PREVIEW_ROWS]

@@ -19,7 +19,7 @@ from ddpm.data.shapes import (
     scene_for,
     scene_from_prompt,
 )
-from ddpm.evaluation.alignment import analyse, evaluate, evaluate_generator, score
+from ddpm.evaluation.alignment import RELATION_ERRORS, analyse, evaluate, evaluate_generator, score
 
 
 def _signed(img: np.ndarray) -> torch.Tensor:
@@ -142,7 +142,7 @@ def test_each_attribute_fails_on_the_wrong_picture() -> None:
     prompt = s.caption
     assert prompt == "a small red circle to the left of a large blue square"
     right = score(render(s, 32), prompt)
-    assert right["all_ok"] and right["count_ok"] and right["relation_ok"]
+    assert right["all_ok"] and right["count_ok"] and right["relation_ok"] and right["relation_error"] is None
 
     wrong_colour = score(render(_swap(s, 0, colour="green"), 32), prompt)
     assert not wrong_colour["colour_ok"] and wrong_colour["shape_ok"] and wrong_colour["relation_ok"]
@@ -154,8 +154,15 @@ def test_each_attribute_fails_on_the_wrong_picture() -> None:
     mirrored = Scene((_swap(s, 0, cx=0.75).objects[0], _swap(s, 1, cx=0.27).objects[1]), s.relation)
     wrong_place = score(render(mirrored, 32), prompt)
     assert wrong_place["colour_ok"] and wrong_place["shape_ok"] and wrong_place["relation_ok"] is False
+    assert wrong_place["relation_error"] == "mirrored"
+    top, bottom = _swap(s, 0, cx=0.5, cy=0.22).objects[0], _swap(s, 1, cx=0.5, cy=0.7).objects[1]
+    stacked = Scene((top, bottom), s.relation)
+    wrong_axis = score(render(stacked, 32), prompt)
+    assert wrong_axis["colour_ok"] and wrong_axis["relation_error"] == "off_axis"
     only_one = score(render(Scene((a,)), 32), prompt)
     assert not only_one["count_ok"] and only_one["relation_ok"] is False
+    assert only_one["relation_error"] == "missing" and score(render(Scene((a,)), 32), "a red circle")[
+        "relation_error"] is None
     assert only_one["objects"][1]["detected"] is None
     extra = score(render(s, 32), "a red circle")
     assert extra["colour_ok"] and extra["shape_ok"] and not extra["count_ok"] and not extra["all_ok"]
@@ -168,6 +175,11 @@ def test_shuffled_prompts_score_low() -> None:
     shifted = prompts[2:] + prompts[:2]  # keeps one-object prompts on one-object images
     report = evaluate(images, shifted)
     assert report.accuracy["all"]["single"]["all"] < 0.15 and report.accuracy["all"]["pair"]["all"] < 0.1
+    # every failed relation is put down to exactly one cause
+    errors = report.relation_errors["all"]
+    assert set(errors) == set(RELATION_ERRORS) and errors["missing"] > 0.5
+    assert sum(errors.values()) == pytest.approx(1 - report.accuracy["all"]["pair"]["relation"])
+    assert "relation failures, all:" in report.table() and "relation_errors" in report.to_dict()
 
 
 # -- the generator interface and the registry entry ----------------------------------------------

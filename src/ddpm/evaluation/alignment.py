@@ -49,11 +49,18 @@ __all__ = [
     "evaluate",
     "evaluate_generator",
     "AlignmentReport",
+    "RELATION_ERRORS",
     "ATTRIBUTES",
     "register",
 ]
 
 ATTRIBUTES = ("colour", "shape", "size", "count", "relation", "all")
+# Why a two-object image fails its relation (`score(...)["relation_error"]`).
+RELATION_ERRORS = {
+    "mirrored": "mirrored (both objects found, each in the other's place)",
+    "off_axis": "off axis (both found, the stated axis does not dominate)",
+    "missing": "an object not found",
+}
 
 _FOREGROUND = 0.4  # a pixel is foreground beyond this fraction of the dimmest palette colour's contrast
 _MIN_HALF, _MAX_HALF = 0.08, 0.3  # half sides outside this range are specks or blobs, not drawn shapes
@@ -244,9 +251,14 @@ def score(image: Any, prompt: str | Prompt) -> dict[str, Any]:
     # A prompt object corresponds to a detection only where they share a colour or a shape; size and relation
     # are judged on corresponding objects only, so that a stray blob earns nothing.
     corresponds = [i < len(assign) and matches(o, found[assign[i]]) > 0 for i, o in enumerate(p.objects)]
-    relation_ok = None
+    relation_ok = relation_error = None
     if p.relation is not None:
         relation_ok = all(corresponds) and _relation_holds(found[assign[0]], p.relation, found[assign[1]])
+        if not relation_ok:
+            # Why it failed: an object not found; the two in each other's place (the relation read the other
+            # way round); or the stated axis not dominating the offset (wrong axis, or too diagonal to tell).
+            relation_error = "missing" if not all(corresponds) else "mirrored" if _relation_holds(
+                found[assign[1]], p.relation, found[assign[0]]) else "off_axis"
     objects = []
     for i, o in enumerate(p.objects):
         det = found[assign[i]] if i < len(assign) else None
@@ -268,6 +280,7 @@ def score(image: Any, prompt: str | Prompt) -> dict[str, Any]:
         "colour_ok": all(o["colour_ok"] for o in objects),
         "shape_ok": all(o["shape_ok"] for o in objects),
         "relation_ok": relation_ok,
+        "relation_error": relation_error,
         "all_ok": all_ok,
         "objects": objects,
     }
@@ -278,15 +291,17 @@ class AlignmentReport:
     """Accuracy per group ("seen", "heldout", …), kind ("single", "pair") and attribute; per-image scores.
 
     colour, shape and size are per prompt object (size only where the prompt names one); count, relation
-    (two-object prompts) and all (everything right) are per image."""
+    (two-object prompts) and all (everything right) are per image. `relation_errors[group]` splits the
+    two-object images whose relation failed by `RELATION_ERRORS`, as shares of all two-object images."""
 
     accuracy: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     scores: list[dict[str, Any]] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)
+    relation_errors: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"accuracy": self.accuracy, "counts": self.counts}
+        return {"accuracy": self.accuracy, "counts": self.counts, "relation_errors": self.relation_errors}
 
     def table(self) -> str:
         """The accuracies as a plain-text table, one row per (group, kind)."""
@@ -296,6 +311,9 @@ class AlignmentReport:
             for kind, acc in kinds.items():
                 cells = " ".join(f"{acc[a]:>8.1%}" if a in acc else f"{'-':>8}" for a in ATTRIBUTES)
                 lines.append(f"{g:<10} {kind:<7} {self.counts[g][kind]:>5} {cells}")
+        for g, errors in self.relation_errors.items():
+            parts = ", ".join(f"{share:.1%} {RELATION_ERRORS[name]}" for name, share in errors.items())
+            lines.append(f"relation failures, {g}: {parts}")
         return "\n".join(lines)
 
 
@@ -327,6 +345,8 @@ def evaluate(images: Any, prompts: Sequence[str], groups: Sequence[str] | None =
                 acc["size"] = float(np.mean(sized))
             if kind == "pair":
                 acc["relation"] = float(np.mean([s["relation_ok"] for s in mine]))
+                report.relation_errors[g] = {
+                    e: float(np.mean([s["relation_error"] == e for s in mine])) for e in RELATION_ERRORS}
             report.accuracy[g][kind] = acc
             report.counts[g][kind] = len(mine)
     return report

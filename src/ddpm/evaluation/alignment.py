@@ -55,12 +55,10 @@ __all__ = [
 ]
 
 ATTRIBUTES = ("colour", "shape", "size", "count", "relation", "all")
-# Why a two-object image fails its relation (`score(...)["relation_error"]`).
-RELATION_ERRORS = {
-    "mirrored": "mirrored (both objects found, each in the other's place)",
-    "off_axis": "off axis (both found, the stated axis does not dominate)",
-    "missing": "an object not found",
-}
+# Why a two-object image fails its relation (`score(...)["relation_error"]`), with its label in tables:
+# "mirrored", both objects found, each in the other's place; "off_axis", both found but the stated axis does
+# not dominate their offset; "missing", an object not found.
+RELATION_ERRORS = {"mirrored": "mirrored", "off_axis": "off axis", "missing": "object missing"}
 
 _FOREGROUND = 0.4  # a pixel is foreground beyond this fraction of the dimmest palette colour's contrast
 _MIN_HALF, _MAX_HALF = 0.08, 0.3  # half sides outside this range are specks or blobs, not drawn shapes

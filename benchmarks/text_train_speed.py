@@ -9,6 +9,11 @@ python benchmarks/text_train_speed.py speed [--threads 1 2] [--configs NAME …]
 python benchmarks/text_train_speed.py alignment MODEL [--guidance 1 3 5] [--num 100] [--steps 20]
     per-attribute prompt alignment (`ddpm.evaluation.alignment`) of a text-to-image model on the seen and
     held-out prompt suites, one table per guidance scale, and the same as JSON with --out.
+python benchmarks/text_train_speed.py relations MODEL [--t 950 850 700] [--num 32]
+    whether the model tells the four relation words apart: its mean x0 prediction from pure noise at step t
+    for "a red circle <relation> a blue square", reduced to how far red outweighs blue on the left half
+    (minus the right) and on the top half (minus the bottom). A model that reads the relation shows opposite
+    signs for "to the left of" / "to the right of" and for "above" / "below".
 """
 
 from __future__ import annotations
@@ -143,6 +148,37 @@ def alignment(args: argparse.Namespace) -> None:
         Path(args.out).write_text(json.dumps({"model": str(args.model), "results": results}, indent=1))
 
 
+def relations(args: argparse.Namespace) -> None:
+    from ddpm.data.shapes import RELATIONS
+    from ddpm.pipelines.text import TextToImagePipeline
+    from ddpm.process import x0_from_eps, x0_from_v
+
+    torch.set_num_threads(args.threads)
+    pipe = TextToImagePipeline.load(args.model, device="cpu")
+    prediction = pipe.meta["diffusion"].get("prediction", "eps")
+    size = int(pipe.meta["data"]["image_size"])
+    noise = torch.randn(args.num, 3, size, size, generator=torch.Generator().manual_seed(0))
+    print(f"{'t':>5} {'relation':<16} {'red left-right':>15} {'red top-bottom':>15}")
+    for step in args.t:
+        t = torch.full((args.num,), step, dtype=torch.long)
+        x_t = noise * (1 - pipe.schedule.alphas_cumprod[step]).sqrt().float()  # q(x_t | x0 = 0)
+        for rel in RELATIONS:
+            with torch.no_grad():
+                context = pipe.encode([f"a red circle {rel} a blue square"] * args.num, warn=False)
+                out = pipe.unet(x_t, t, context=context)
+            if prediction == "v":
+                x0 = x0_from_v(pipe.schedule, x_t, t, out)
+            elif prediction == "eps":
+                x0 = x0_from_eps(pipe.schedule, x_t, t, out)
+            else:
+                x0 = out
+            red = (x0[:, 0] - x0[:, 2]).mean(0)  # [H, W], > 0 where red outweighs blue
+            h = size // 2
+            lr = float(red[:, :h].mean() - red[:, h:].mean())
+            tb = float(red[:h].mean() - red[h:].mean())
+            print(f"{step:>5} {rel:<16} {lr:>+15.3f} {tb:>+15.3f}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -162,6 +198,12 @@ def main() -> None:
     a.add_argument("--threads", type=int, default=1)
     a.add_argument("--out")
     a.set_defaults(func=alignment)
+    r = sub.add_parser("relations")
+    r.add_argument("model")
+    r.add_argument("--t", type=int, nargs="+", default=[950, 850, 700])
+    r.add_argument("--num", type=int, default=32, help="noise draws averaged per prompt")
+    r.add_argument("--threads", type=int, default=1)
+    r.set_defaults(func=relations)
     args = p.parse_args()
     args.func(args)
 

@@ -255,6 +255,22 @@ def test_load_dataset_options_reach_shapes_and_unknown_ones_are_named() -> None:
         load_dataset("shapes", num=4, pairs=1.0)
 
 
+def test_relations_option_limits_the_phrasings_only() -> None:
+    lead_first = ["to the left of", "above"]
+    ds = load_dataset("shapes", num=40, pair_fraction=1.0, relations=lead_first)
+    assert {ds.scene(i).relation for i in range(40)} == set(lead_first)
+    for i in range(40):  # the captions still tell the truth: the first object leads along the axis
+        a, b = ds.scene(i).objects
+        assert (a.cx < b.cx) if ds.scene(i).relation == "to the left of" else (a.cy < b.cy)
+    # the default draws all four, and scene_for with the same relations gives the dataset's scenes
+    default = ShapesDataset(num=60, pair_fraction=1.0).scenes
+    assert {s.relation for s in default} == set(RELATIONS)
+    assert ds.scene(7) == scene_for("train", 7, pair_fraction=1.0, relations=tuple(lead_first))
+    for bad in ([], ["beside"], ["above", "above"]):
+        with pytest.raises(ValueError, match="relations must be distinct names"):
+            ShapesDataset(num=4, relations=bad)
+
+
 @pytest.mark.parametrize("kw, match", [
     ({"split": "valid"}, "unknown shapes split"), ({"num": 0}, "positive"),
     ({"image_size": 8}, ">= 16"), ({"pair_fraction": 1.5}, "[0, 1]"),

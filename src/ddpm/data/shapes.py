@@ -270,8 +270,9 @@ def _place_pair(
 
 
 def sample_scene(rng: np.random.Generator, *, split: str = "train", kind: str = "any",
-                 pair_fraction: float = 0.6) -> Scene:
-    """Draw a random scene of a split; `kind` is "single", "pair" or "any" (pairs with `pair_fraction`)."""
+                 pair_fraction: float = 0.6, relations: tuple[str, ...] = RELATIONS) -> Scene:
+    """Draw a random scene of a split; `kind` is "single", "pair" or "any" (pairs with `pair_fraction`);
+    pairs are captioned with one of `relations`."""
     split = "test_seen" if split == "test" else split
     if split not in _SPLIT_CODES or split.startswith("prompts"):
         raise ValueError(f"unknown shapes split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -289,7 +290,7 @@ def sample_scene(rng: np.random.Generator, *, split: str = "train", kind: str = 
     pool = every if split in ("all", "test_heldout") else seen
     for _ in range(10_000):  # rejection: the held-out pairs are a fixed, sizeable share of all pairs
         (ca, sa, za, ha), (cb, sb, zb, hb) = _draw_object(rng, pool), _draw_object(rng, pool)
-        relation = RELATIONS[int(rng.integers(len(RELATIONS)))]
+        relation = relations[int(rng.integers(len(relations)))]
         (ax, ay), (bx, by) = _place_pair(rng, ha, hb, relation)
         mention = (bool(rng.random() < 0.5), bool(rng.random() < 0.5))
         objs = (ShapeObject(ca, sa, za, ax, ay, ha), ShapeObject(cb, sb, zb, bx, by, hb))
@@ -300,12 +301,13 @@ def sample_scene(rng: np.random.Generator, *, split: str = "train", kind: str = 
 
 
 def scene_for(
-    split: str, index: int, seed: int = 0, *, kind: str = "any", pair_fraction: float = 0.6
+    split: str, index: int, seed: int = 0, *, kind: str = "any", pair_fraction: float = 0.6,
+    relations: tuple[str, ...] = RELATIONS,
 ) -> Scene:
     """The scene of item `index` of a split: a pure function of (seed, split, index)."""
     rng = np.random.default_rng([seed, _SPLIT_CODES["test_seen" if split == "test" else split], index])
     base = "test_" + split.split("_")[1] if split.startswith("prompts") else split
-    return sample_scene(rng, split=base, kind=kind, pair_fraction=pair_fraction)
+    return sample_scene(rng, split=base, kind=kind, pair_fraction=pair_fraction, relations=relations)
 
 
 class ShapesDataset(TensorImageDataset):
@@ -313,10 +315,12 @@ class ShapesDataset(TensorImageDataset):
     `{"image": FloatTensor[3, H, W] in [-1, 1], "caption": str}`, a pure function of (seed, split, i).
 
     Being a `TensorImageDataset`, it has the project's batch access (`get_batch`, `as_tensor() -> (images,
-    None)`, `captions`) and trains from one tensor; `scene(i)` gives the spec behind item i."""
+    None)`, `captions`) and trains from one tensor; `scene(i)` gives the spec behind item i. `relations`
+    limits the phrasings of two-object captions, e.g. to ("to the left of", "above"), where the object
+    named first always leads along the axis."""
 
     def __init__(self, *, split: str = "train", image_size: int = 32, num: int = 20000, seed: int = 0,
-                 pair_fraction: float = 0.6) -> None:
+                 pair_fraction: float = 0.6, relations: tuple[str, ...] | list[str] = RELATIONS) -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown shapes split {split!r}; choose one of {', '.join(SPLITS)}")
         if int(num) != num or num < 1:
@@ -327,8 +331,14 @@ class ShapesDataset(TensorImageDataset):
             raise ValueError(f"image_size must be an integer >= 16 to draw tellable shapes, got {image_size}")
         if int(seed) != seed or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed}")
-        self.split, self.pair_fraction = split, float(pair_fraction)
-        self.scenes = [scene_for(split, i, int(seed), pair_fraction=self.pair_fraction)
+        relations = tuple(relations)
+        unknown = [r for r in relations if r not in RELATIONS]
+        if not relations or unknown or len(set(relations)) != len(relations):
+            raise ValueError(
+                f"relations must be distinct names from {list(RELATIONS)}; got {list(relations)}"
+            )
+        self.split, self.pair_fraction, self.relations = split, float(pair_fraction), relations
+        self.scenes = [scene_for(split, i, int(seed), pair_fraction=self.pair_fraction, relations=relations)
                        for i in range(int(num))]
         pixels = np.stack([render(s, int(image_size)) for s in self.scenes])  # [N, H, W, 3] uint8
         images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
@@ -346,7 +356,8 @@ class ShapesDataset(TensorImageDataset):
 
 def shapes_dataset(*, split: str = "train", image_size: int | None = 32, num: int = 20000, seed: int = 0,
                    channels: int | None = None, flip: bool = False, holdout_fraction: float | None = None,
-                   pair_fraction: float = 0.6) -> ShapesDataset:
+                   pair_fraction: float = 0.6,
+                   relations: tuple[str, ...] | list[str] = RELATIONS) -> ShapesDataset:
     """Registry factory for `ddpm.data.load_dataset("shapes", ...)`.
 
     The held-out combinations are fixed (see `HELDOUT_OBJECTS`), so `holdout_fraction` does not apply;
@@ -357,7 +368,7 @@ def shapes_dataset(*, split: str = "train", image_size: int | None = 32, num: in
     if channels not in (None, 3):
         raise ValueError(f"shapes images are RGB (captions name colours); got channels={channels}, use 3")
     return ShapesDataset(split=split, image_size=32 if image_size is None else image_size, num=num, seed=seed,
-                         pair_fraction=pair_fraction)
+                         pair_fraction=pair_fraction, relations=relations)
 
 
 def scene_from_prompt(prompt: str | Prompt, rng: np.random.Generator) -> Scene:

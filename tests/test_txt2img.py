@@ -5,6 +5,7 @@ path."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -22,11 +23,13 @@ from ddpm.training import export_model, train
 from ddpm.training.text_conditioning import WordTextConditioner
 
 FACTORY_CALLS: list[dict] = []
+RELATIONS_DRAWN = {"relations": ("to the left of", "to the right of", "above", "below")}
 
 
 def _tiny_shapes(*, pair_fraction: float = 0.6, **kw):
     FACTORY_CALLS.append({"pair_fraction": pair_fraction, **kw})
-    return ShapesDataset(split="train", image_size=16, num=24, seed=0, pair_fraction=pair_fraction)
+    return ShapesDataset(split="train", image_size=16, num=24, seed=0, pair_fraction=pair_fraction,
+                         **RELATIONS_DRAWN)
 
 
 register_builtin("tiny_shapes_for_tests", _tiny_shapes, replace=True)
@@ -87,6 +90,17 @@ def test_a_tiny_text_model_trains_and_stores_its_encoder(run):
     # data.options reached the dataset's factory and travel in the model file
     assert FACTORY_CALLS and all(c["pair_fraction"] == 0.9 and c["split"] == "train" for c in FACTORY_CALLS)
     assert meta["data"]["options"] == {"pair_fraction": 0.9}
+
+
+def test_resume_refuses_captions_whose_words_changed(run, tmp_path, monkeypatch):
+    """Captions edited between start and resume (here: a relation word gone) change the vocabulary: the
+    resume must say so, not fail inside load_state_dict."""
+    copy = tmp_path / "txt"
+    shutil.copytree(run, copy)
+    assert train(None, resume=copy, progress=False) == copy  # same captions: resumes (already finished)
+    monkeypatch.setitem(RELATIONS_DRAWN, "relations", ("above", "below"))
+    with pytest.raises(ValueError, match=r"captions changed .* gone: left, of, right, the"):
+        train(None, resume=copy, progress=False)
 
 
 def test_pipeline_loads_the_trained_text_encoder(run):

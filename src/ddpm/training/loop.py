@@ -266,6 +266,21 @@ class Trainer:
         """Training-module keys -> the model-file layout written into checkpoints."""
         return to_file_keys(state, self.conditioner)
 
+    def _check_vocabulary(self, saved_meta: dict[str, Any]) -> None:
+        """A text run's vocabulary comes from its captions: refuse to resume where they changed since."""
+        def vocab(meta: dict[str, Any]) -> list[str] | None:
+            tokenizer = ((meta.get("conditioning") or {}).get("text_encoder") or {}).get("tokenizer") or {}
+            return tokenizer.get("vocab")
+
+        old, new = vocab(saved_meta), vocab({"conditioning": self.conditioner.meta()})
+        if old is not None and new is not None and list(old) != list(new):
+            gained, lost = sorted(set(new) - set(old)), sorted(set(old) - set(new))
+            raise ValueError(
+                f"cannot resume {self.run_dir}: its captions changed since the run started, so the text "
+                f"vocabulary did too (new words: {', '.join(gained[:10]) or 'none'}; gone: "
+                f"{', '.join(lost[:10]) or 'none'}); restore the captions, or start a new run"
+            )
+
     def _from_file(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
         """The model-file layout of a checkpoint -> training-module keys."""
         return from_file_keys(tensors, self.conditioner)
@@ -276,6 +291,7 @@ class Trainer:
                           run=self.config.run.name)
 
     def _load(self, ck: Any) -> None:
+        self._check_vocabulary(ck.meta)
         self.module.load_state_dict(self._from_file(ck.model))
         self.ema.module.load_state_dict(self._from_file(ck.ema))
         st = ck.state

@@ -272,7 +272,10 @@ class Trainer:
             tokenizer = ((meta.get("conditioning") or {}).get("text_encoder") or {}).get("tokenizer") or {}
             return tokenizer.get("vocab")
 
-        old, new = vocab(saved_meta), vocab({"conditioning": self.conditioner.meta()})
+        conditioner = getattr(self, "conditioner", None)  # the autoencoder task has none
+        if conditioner is None:
+            return
+        old, new = vocab(saved_meta), vocab({"conditioning": conditioner.meta()})
         if old is not None and new is not None and list(old) != list(new):
             gained, lost = sorted(set(new) - set(old)), sorted(set(old) - set(new))
             raise ValueError(

@@ -87,10 +87,6 @@ class RunConfig:
         _choice("run", "task", self.task, TASKS)
 
 
-# load_dataset keywords that the training run itself decides; data.options may not override them.
-_SET_BY_TRAINING = frozenset({"split", "image_size", "channels", "flip", "seed", "holdout_fraction"})
-
-
 @dataclass
 class DataConfig:
     """The training images: a built-in name ("digits", "faces", "shapes") or an image folder.
@@ -121,7 +117,9 @@ class DataConfig:
         _need(0.0 <= self.cond_drop_prob < 1.0,
               f"data.cond_drop_prob must lie in [0, 1); got {self.cond_drop_prob}")
         _need(self.num_workers >= 0, f"data.num_workers must be >= 0; got {self.num_workers}")
-        reserved = sorted(set(self.options) & _SET_BY_TRAINING)
+        from .data.registry import LOAD_KEYWORDS  # the run decides these itself
+
+        reserved = sorted(set(self.options) & LOAD_KEYWORDS)
         _need(not reserved, f"data.options cannot set {', '.join(reserved)}: use the [data] / [train] key of "
               "that name instead")
 

@@ -251,11 +251,10 @@ class ImageFolder(ImageDataset):
         Loading the train and the test split of a folder thus reads (and reports) it once.
         """
         path = _check_root(Path(os.path.expanduser(os.fspath(root))))
-        unknown = set(options) - {"image_size", "channels", *_FOLDER_OPTIONS}
+        unknown = sorted(set(options) - {"image_size", "channels", *_FOLDER_OPTIONS})
         if unknown:
-            raise TypeError(
-                f"unknown option(s) {sorted(unknown)} for an image folder; "
-                f"known: {', '.join(_FOLDER_OPTIONS)}"
+            raise ValueError(
+                f"an image folder takes no option {unknown[0]!r}; its options: {', '.join(_FOLDER_OPTIONS)}"
             )
         key = (str(path), tuple(sorted(options.items())), tuple(sorted(_scan(path)[1].items())))
         ds = cls._cache.get(key)

@@ -21,13 +21,15 @@ from typing import Any
 from .dataset import ImageDataset, SubsetDataset
 from .splits import SPLITS, holdout_split
 
-__all__ = ["load_dataset", "register_builtin", "builtin_names", "split_factory", "split_view"]
+__all__ = [
+    "load_dataset", "register_builtin", "builtin_names", "split_factory", "split_view", "LOAD_KEYWORDS",
+]
 
 _BUILTINS: dict[str, Callable[..., Any]] = {}
 # Built-ins defined in modules of their own, imported on first use: name -> (module, factory attribute).
 _BUILTIN_MODULES = {"shapes": ("ddpm.data.shapes", "shapes_dataset")}
-# Keywords `load_dataset` passes to every factory itself.
-_COMMON = frozenset({"split", "image_size", "channels", "flip", "seed", "holdout_fraction"})
+# Keywords `load_dataset` passes to every factory itself (so not dataset options).
+LOAD_KEYWORDS = frozenset({"split", "image_size", "channels", "flip", "seed", "holdout_fraction"})
 
 
 def register_builtin(name: str, factory: Callable[..., Any], *, replace: bool = False) -> None:
@@ -67,7 +69,7 @@ def _check_options(name: str, factory: Callable[..., Any], options: dict[str, An
     params = inspect.signature(factory).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    own = [n for n in params if n not in _COMMON]
+    own = [n for n in params if n not in LOAD_KEYWORDS]
     unknown = sorted(set(options) - set(params))
     if unknown:
         raise ValueError(f"built-in dataset {name!r} takes no option {unknown[0]!r}; its options: "
@@ -173,12 +175,7 @@ def load_dataset(
             f"{os.fspath(name_or_path)!r} is neither a built-in dataset ({', '.join(builtin_names())}) "
             "nor an existing folder of images"
         )
-    from .folder import _FOLDER_OPTIONS, ImageFolder
+    from .folder import ImageFolder
 
-    unknown = sorted(set(options) - set(_FOLDER_OPTIONS))
-    if unknown:
-        raise ValueError(
-            f"an image folder takes no option {unknown[0]!r}; its options: {', '.join(_FOLDER_OPTIONS)}"
-        )
     base = ImageFolder.cached(path, image_size=image_size, channels=channels, **options)
     return split_view(base, split, flip=flip, seed=seed, holdout_fraction=holdout_fraction)

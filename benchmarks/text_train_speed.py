@@ -151,7 +151,7 @@ def alignment(args: argparse.Namespace) -> None:
 def relations(args: argparse.Namespace) -> None:
     from ddpm.data.shapes import RELATIONS
     from ddpm.pipelines.text import TextToImagePipeline
-    from ddpm.process import x0_from_eps, x0_from_v
+    from ddpm.process import to_x0_eps
 
     torch.set_num_threads(args.threads)
     pipe = TextToImagePipeline.load(args.model, device="cpu")
@@ -166,12 +166,7 @@ def relations(args: argparse.Namespace) -> None:
             with torch.no_grad():
                 context = pipe.encode([f"a red circle {rel} a blue square"] * args.num, warn=False)
                 out = pipe.unet(x_t, t, context=context)
-            if prediction == "v":
-                x0 = x0_from_v(pipe.schedule, x_t, t, out)
-            elif prediction == "eps":
-                x0 = x0_from_eps(pipe.schedule, x_t, t, out)
-            else:
-                x0 = out
+            x0, _ = to_x0_eps(pipe.schedule, x_t, t, out, prediction)
             red = (x0[:, 0] - x0[:, 2]).mean(0)  # [H, W], > 0 where red outweighs blue
             h = size // 2
             lr = float(red[:, :h].mean() - red[:, h:].mean())

@@ -20,6 +20,7 @@ from ddpm.io.images import read_png_metadata
 from ddpm.io.model_file import file_hash, load_model_file
 from ddpm.pipelines.text import TextToImagePipeline
 from ddpm.training import export_model, train
+from ddpm.training.data import BatchSource
 from ddpm.training.text_conditioning import WordTextConditioner
 
 FACTORY_CALLS: list[dict] = []
@@ -101,6 +102,32 @@ def test_resume_refuses_captions_whose_words_changed(run, tmp_path, monkeypatch)
     monkeypatch.setitem(RELATIONS_DRAWN, "relations", ("above", "below"))
     with pytest.raises(ValueError, match=r"captions changed .* gone: left, of, right, the"):
         train(None, resume=copy, progress=False)
+
+
+def test_caption_curriculum_reaches_the_model_by_step_and_resumes_exactly(tmp_path, monkeypatch):
+    """shapes' lead_first_steps / rephrase vary captions with the step: the trainer must hand the model the
+    step's captions, and a resumed run must see the ones an uninterrupted run saw."""
+    seen: list[tuple[int, list[str]]] = []
+    batches = BatchSource.batches
+
+    def spy(self, idx, step=0):
+        out = batches(self, idx, step)
+        seen.append((step, [c for b in out for c in b["caption"]]))
+        return out
+
+    monkeypatch.setattr(BatchSource, "batches", spy)
+    opts = [*TINY_TEXT, "data.dataset=shapes", "data.image_size=16", "train.steps=4", "train.sample_every=0",
+            "data.options={num = 24, pair_fraction = 1.0, lead_first_steps = 2, rephrase = true}",
+            f"run.dir={str(tmp_path)!r}"]
+    train(load_config(None, [*opts, "run.name=straight"]), progress=False)
+    straight, seen[:] = list(seen), []
+    train(load_config(None, [*opts, "run.name=resumed"]), progress=False, stop_after=2)
+    train(None, resume=tmp_path / "resumed", progress=False)
+    assert [s for s, _ in straight] == [0, 1, 2, 3] and seen == straight
+    scenes = ShapesDataset(image_size=16, num=24, pair_fraction=1.0).scenes
+    leading = {s.leading_first().caption for s in scenes}
+    assert all(c in leading for _, caps in straight[:2] for c in caps)
+    assert any(c not in leading for _, caps in straight[2:] for c in caps)  # rephrased: trailing-first too
 
 
 def test_pipeline_loads_the_trained_text_encoder(run):

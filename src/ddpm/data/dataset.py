@@ -175,6 +175,15 @@ class ImageDataset(Dataset):
             batch["caption"] = [self.captions[int(i)] for i in idx]
         return batch
 
+    def captions_at(self, indices: Sequence[int], step: int) -> list[str]:
+        """The captions of items `indices` as training step `step` sees them: the fixed `captions` here; a
+        dataset may vary them with the step (a caption curriculum, rephrasings), as a pure function of
+        (indices, step) so a resumed run sees the same ones. The trainer asks in-memory datasets; through
+        a DataLoader items carry `captions`."""
+        if self.captions is None:
+            raise ValueError(f"{type(self).__name__} has no captions")
+        return [self.captions[int(i)] for i in indices]
+
     def as_tensor(self) -> tuple[Tensor, Tensor | None]:
         """All images `[N, C, H, W]` in [-1, 1] (unflipped) and labels `[N]` int64 (None if unlabelled).
 

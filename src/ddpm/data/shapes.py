@@ -23,6 +23,7 @@ held-out "triangle above circle").
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,6 +99,7 @@ _SUPERSAMPLE = 8  # coverage samples per pixel side
 # Each split draws from its own random stream; the prompt suites of the alignment metric have two more.
 _SPLIT_CODES = {"train": 0, "test_seen": 1, "test_heldout": 2, "all": 3, "prompts_seen": 4,
                 "prompts_heldout": 5}
+_LEADING = ("to the left of", "above")  # "A <rel> B" names the leading object (smaller x or y) first
 _INVERSE = {"to the left of": "to the right of", "to the right of": "to the left of", "above": "below",
             "below": "above"}
 
@@ -163,6 +165,16 @@ class Scene:
     @property
     def caption(self) -> str:
         return self.prompt.text
+
+    def rephrased(self) -> Scene:
+        """The same picture described the other way round: "A left of B" as "B right of A"."""
+        if self.relation is None:
+            return self
+        return Scene(self.objects[::-1], _INVERSE[self.relation], self.mention_size[::-1])
+
+    def leading_first(self) -> Scene:
+        """The phrasing that names the leading object (the left or the upper one) first."""
+        return self if self.relation in (None, *_LEADING) else self.rephrased()
 
 
 _OBJECT_RE = r"an?\s+(?:(small|large)\s+)?({c})\s+({s})".format(c="|".join(COLOURS), s="|".join(SHAPES))
@@ -254,7 +266,7 @@ def _place_pair(
     rng: np.random.Generator, ha: float, hb: float, relation: str
 ) -> tuple[tuple[float, float], tuple[float, float]]:
     """Centres of A and B such that A stands in `relation` to B, clearly and without overlap."""
-    a_leads = relation in ("to the left of", "above")  # A comes first along the axis (smaller x or y)
+    a_leads = relation in _LEADING
     h_lead, h_trail = (ha, hb) if a_leads else (hb, ha)
     lo, hi = h_lead + _MARGIN, 1 - h_trail - _MARGIN  # range of the leading and trailing on-axis centres
     d = float(rng.uniform(h_lead + h_trail + _GAP, hi - lo))  # on-axis distance between the centres
@@ -317,10 +329,16 @@ class ShapesDataset(TensorImageDataset):
     Being a `TensorImageDataset`, it has the project's batch access (`get_batch`, `as_tensor() -> (images,
     None)`, `captions`) and trains from one tensor; `scene(i)` gives the spec behind item i. `relations`
     limits the phrasings of two-object captions, e.g. to ("to the left of", "above"), where the object
-    named first always leads along the axis."""
+    named first always leads along the axis.
+
+    Training can vary the captions with the step (`captions_at`, the pictures never change): for the first
+    `lead_first_steps` steps every two-object caption names its leading (left or upper) object first, a
+    curriculum that teaches which object is which before the direction words; after that, `rephrase` words
+    each draw of a two-object image either way ("A left of B" / "B right of A") at random."""
 
     def __init__(self, *, split: str = "train", image_size: int = 32, num: int = 20000, seed: int = 0,
-                 pair_fraction: float = 0.6, relations: tuple[str, ...] | list[str] = RELATIONS) -> None:
+                 pair_fraction: float = 0.6, relations: tuple[str, ...] | list[str] = RELATIONS,
+                 lead_first_steps: int = 0, rephrase: bool = False) -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown shapes split {split!r}; choose one of {', '.join(SPLITS)}")
         if int(num) != num or num < 1:
@@ -337,12 +355,33 @@ class ShapesDataset(TensorImageDataset):
             raise ValueError(
                 f"relations must be distinct names from {list(RELATIONS)}; got {list(relations)}"
             )
+        if int(lead_first_steps) != lead_first_steps or lead_first_steps < 0:
+            raise ValueError(f"lead_first_steps must be a non-negative integer, got {lead_first_steps}")
+        if (lead_first_steps or rephrase) and any(_INVERSE[r] not in relations for r in relations):
+            raise ValueError(
+                "lead_first_steps and rephrase reword captions into both phrasings of an axis, so relations "
+                f"must hold both; got {list(relations)}"
+            )
         self.split, self.pair_fraction, self.relations = split, float(pair_fraction), relations
+        self.lead_first_steps, self.rephrase = int(lead_first_steps), bool(rephrase)
         self.scenes = [scene_for(split, i, int(seed), pair_fraction=self.pair_fraction, relations=relations)
                        for i in range(int(num))]
         pixels = np.stack([render(s, int(image_size)) for s in self.scenes])  # [N, H, W, 3] uint8
         images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
         super().__init__(images, captions=[s.caption for s in self.scenes], seed=int(seed))
+        self._phrasings: list[tuple[str, str]] | None = None
+        if self.lead_first_steps or self.rephrase:  # (leading-first, trailing-first) caption of every scene
+            self._phrasings = [(s.leading_first().caption, s.leading_first().rephrased().caption)
+                               for s in self.scenes]
+
+    def captions_at(self, indices: Sequence[int], step: int) -> list[str]:
+        """Captions of `indices` at training step `step` (see the class notes); a pure function of both."""
+        if self._phrasings is None or (step >= self.lead_first_steps and not self.rephrase):
+            return super().captions_at(indices, step)
+        if step < self.lead_first_steps:
+            return [self._phrasings[int(i)][0] for i in indices]
+        coins = np.random.default_rng([self.seed, 0x4E4A, int(step)]).random(len(indices)) < 0.5
+        return [self._phrasings[int(i)][int(c)] for i, c in zip(indices, coins)]
 
     def scene(self, index: int) -> Scene:
         """The scene spec of item `index`: what its caption says and where each object is."""
@@ -356,8 +395,8 @@ class ShapesDataset(TensorImageDataset):
 
 def shapes_dataset(*, split: str = "train", image_size: int | None = 32, num: int = 20000, seed: int = 0,
                    channels: int | None = None, flip: bool = False, holdout_fraction: float | None = None,
-                   pair_fraction: float = 0.6,
-                   relations: tuple[str, ...] | list[str] = RELATIONS) -> ShapesDataset:
+                   pair_fraction: float = 0.6, relations: tuple[str, ...] | list[str] = RELATIONS,
+                   lead_first_steps: int = 0, rephrase: bool = False) -> ShapesDataset:
     """Registry factory for `ddpm.data.load_dataset("shapes", ...)`.
 
     The held-out combinations are fixed (see `HELDOUT_OBJECTS`), so `holdout_fraction` does not apply;
@@ -368,7 +407,8 @@ def shapes_dataset(*, split: str = "train", image_size: int | None = 32, num: in
     if channels not in (None, 3):
         raise ValueError(f"shapes images are RGB (captions name colours); got channels={channels}, use 3")
     return ShapesDataset(split=split, image_size=32 if image_size is None else image_size, num=num, seed=seed,
-                         pair_fraction=pair_fraction, relations=relations)
+                         pair_fraction=pair_fraction, relations=relations, lead_first_steps=lead_first_steps,
+                         rephrase=rephrase)
 
 
 def scene_from_prompt(prompt: str | Prompt, rng: np.random.Generator) -> Scene:

@@ -117,7 +117,7 @@ class BatchSource:
             images, labels = dataset.as_tensor()
             self.images = images.to(device)
             self.labels = labels.to(device) if labels is not None else None
-            self.captions = getattr(dataset, "captions", None)
+            self.captioned = dataset if getattr(dataset, "captions", None) is not None else None
         else:
             sampler = _RankBatches(stream, position, global_batch, self.first, grad_accum, self.parts)
             loader = DataLoader(
@@ -131,7 +131,8 @@ class BatchSource:
             )
             self.loader_iter = iter(loader)
 
-    def batches(self, idx: Tensor) -> list[dict[str, Any]]:
+    def batches(self, idx: Tensor, step: int = 0) -> list[dict[str, Any]]:
+        """`step` is the optimizer step the batch is for: in-memory datasets may caption by step."""
         out = []
         for c in range(self.first, self.first + self.grad_accum):
             if self.loader_iter is None:
@@ -140,8 +141,8 @@ class BatchSource:
                 batch: dict[str, Any] = {"image": self.images[sub_dev]}
                 if self.labels is not None:
                     batch["label"] = self.labels[sub_dev]
-                if self.captions is not None:
-                    batch["caption"] = [self.captions[i] for i in sub.tolist()]
+                if self.captioned is not None:
+                    batch["caption"] = self.captioned.captions_at(sub.tolist(), step)
             else:
                 batch = next(self.loader_iter)
                 batch = {k: v.to(self.device, non_blocking=True) if isinstance(v, Tensor) else v

@@ -357,7 +357,7 @@ class Trainer:
         self.position += G
         draws = self._draws()
         loss_sum = torch.zeros((), device=dev)
-        batches = self.source.batches(idx)
+        batches = self.source.batches(idx, self.step)
         for micro, batch in enumerate(batches):
             part = self.source.first + micro
             sl = chunk(G, part, self.source.parts)

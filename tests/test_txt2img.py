@@ -110,7 +110,7 @@ def test_caption_curriculum_reaches_the_model_by_step_and_resumes_exactly(tmp_pa
     seen: list[tuple[int, list[str]]] = []
     batches = BatchSource.batches
 
-    def spy(self, idx, step=0):
+    def spy(self, idx, step):
         out = batches(self, idx, step)
         seen.append((step, [c for b in out for c in b["caption"]]))
         return out

@@ -131,7 +131,7 @@ class BatchSource:
             )
             self.loader_iter = iter(loader)
 
-    def batches(self, idx: Tensor, step: int = 0) -> list[dict[str, Any]]:
+    def batches(self, idx: Tensor, step: int) -> list[dict[str, Any]]:
         """`step` is the optimizer step the batch is for: in-memory datasets may caption by step."""
         out = []
         for c in range(self.first, self.first + self.grad_accum):

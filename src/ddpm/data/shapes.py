@@ -238,20 +238,14 @@ def render(scene: Scene, image_size: int = 32) -> np.ndarray:
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def _canonical(a: ShapeObject, relation: str, b: ShapeObject) -> tuple[ShapeObject, str, ShapeObject]:
-    """Rewrite "A right of / below B" as "B left of / above A"."""
-    if relation in ("to the right of", "below"):
-        return b, _INVERSE[relation], a
-    return a, relation, b
-
-
 def is_heldout(scene: Scene) -> bool:
     """Whether a scene shows a combination that the "train" split never draws."""
     if any((o.colour, o.shape) in HELDOUT_OBJECTS for o in scene.objects):
         return True
     if scene.relation is None:
         return False
-    a, rel, b = _canonical(scene.objects[0], scene.relation, scene.objects[1])
+    canonical = scene.leading_first()  # "A right of B" is the combination "B left of A"
+    (a, b), rel = canonical.objects, canonical.relation
     return ("colour", a.colour, rel, b.colour) in HELDOUT_RELATIONS or (
         "shape", a.shape, rel, b.shape) in HELDOUT_RELATIONS
 
@@ -369,19 +363,16 @@ class ShapesDataset(TensorImageDataset):
         pixels = np.stack([render(s, int(image_size)) for s in self.scenes])  # [N, H, W, 3] uint8
         images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
         super().__init__(images, captions=[s.caption for s in self.scenes], seed=int(seed))
-        self._phrasings: list[tuple[str, str]] | None = None
-        if self.lead_first_steps or self.rephrase:  # (leading-first, trailing-first) caption of every scene
-            self._phrasings = [(s.leading_first().caption, s.leading_first().rephrased().caption)
-                               for s in self.scenes]
 
     def captions_at(self, indices: Sequence[int], step: int) -> list[str]:
         """Captions of `indices` at training step `step` (see the class notes); a pure function of both."""
-        if self._phrasings is None or (step >= self.lead_first_steps and not self.rephrase):
+        if step >= self.lead_first_steps and not self.rephrase:
             return super().captions_at(indices, step)
-        if step < self.lead_first_steps:
-            return [self._phrasings[int(i)][0] for i in indices]
-        coins = np.random.default_rng([self.seed, 0x4E4A, int(step)]).random(len(indices)) < 0.5
-        return [self._phrasings[int(i)][int(c)] for i, c in zip(indices, coins)]
+        scenes = [self.scenes[int(i)].leading_first() for i in indices]
+        if step >= self.lead_first_steps:  # rephrase: either wording, a coin per draw
+            coins = np.random.default_rng([self.seed, 0x4E4A, int(step)]).random(len(scenes)) < 0.5
+            scenes = [s.rephrased() if c else s for s, c in zip(scenes, coins)]
+        return [s.caption for s in scenes]
 
     def scene(self, index: int) -> Scene:
         """The scene spec of item `index`: what its caption says and where each object is."""

@@ -7,16 +7,16 @@ import warnings
 import pytest
 import torch
 
-from ddpm.config import load_config
-from ddpm.data.shapes import alignment_prompts, scene_for
-from ddpm.models.small_text_encoder import SmallTextConfig, SmallTextEncoder
-from ddpm.text.word_tokenizer import SPECIAL_TOKENS, WordTokenizer, words_of
-from ddpm.training.conditioning import CONDITIONERS, make_conditioner
-from ddpm.training.text_conditioning import (
+from ddpm.conditioning import CONDITIONERS, make_conditioner
+from ddpm.conditioning.text import (
     TEXT_DEFAULTS,
     WordTextConditioner,
     text_conditioner_from_meta,
 )
+from ddpm.config import load_config
+from ddpm.data.shapes import alignment_prompts, scene_for
+from ddpm.models.small_text_encoder import SmallTextConfig, SmallTextEncoder
+from ddpm.text.word_tokenizer import SPECIAL_TOKENS, WordTokenizer, words_of
 
 CAPTIONS = [scene_for("train", i).caption for i in range(400)]
 

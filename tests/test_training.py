@@ -13,16 +13,8 @@ import ddpm.training.loop as loop
 from ddpm.config import Config, load_config
 from ddpm.data import TensorImageDataset, register_builtin
 from ddpm.io.model_file import load_model_file
-from ddpm.training import (
-    Trainer,
-    TrainingDiverged,
-    ema_decay_at,
-    export_model,
-    latest_checkpoint,
-    load_checkpoint,
-    lr_at,
-    train,
-)
+from ddpm.io.run_folder import latest_checkpoint, load_checkpoint
+from ddpm.training import Trainer, TrainingDiverged, ema_decay_at, export_model, lr_at, train
 
 # A ~30k-parameter UNet on 8x8 digits: a training step takes a few milliseconds on one core.
 TINY = [

@@ -13,8 +13,14 @@ import pytest
 import torch
 
 from ddpm.config import dump_config
-from ddpm.training import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint, train
-from ddpm.training.checkpoint import TEST_BLOCK_ENV
+from ddpm.io.run_folder import (
+    TEST_BLOCK_ENV,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from ddpm.training import train
 from test_training import assert_same_checkpoint, tiny_config
 
 
@@ -75,7 +81,7 @@ def test_writer_killed_between_rename_and_latest_leaves_latest_on_the_previous_s
     marker = tmp_path / "blocked"
     script = textwrap.dedent(f"""
         import torch
-        from ddpm.training import save_checkpoint
+        from ddpm.io.run_folder import save_checkpoint
         for step in (1, 2):
             t = {{"unet.w": torch.full((3,), float(step))}}
             save_checkpoint({str(run)!r}, step, model=t, ema=t, state={{"step": step}}, meta={{}})

@@ -14,7 +14,8 @@ import pytest
 
 import ddpm.training.loop as loop
 from ddpm.config import dump_config
-from ddpm.training import load_checkpoint, train
+from ddpm.io.run_folder import load_checkpoint
+from ddpm.training import train
 from test_training import tiny_config
 
 

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 import ddpm
 from ddpm.cli import main
+from ddpm.conditioning.text import WordTextConditioner
 from ddpm.config import load_config
 from ddpm.data import register_builtin
 from ddpm.data.shapes import ShapesDataset
@@ -21,7 +22,6 @@ from ddpm.io.model_file import file_hash, load_model_file
 from ddpm.pipelines.text import TextToImagePipeline
 from ddpm.training import export_model, train
 from ddpm.training.data import BatchSource
-from ddpm.training.text_conditioning import WordTextConditioner
 
 FACTORY_CALLS: list[dict] = []
 RELATIONS_DRAWN = {"relations": ("to the left of", "to the right of", "above", "below")}

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from ddpm.cli import main
 from ddpm.config import dump_config, load_config
 from ddpm.io.checkpoint import UnsafeCheckpointError
+from ddpm.io.run_folder import load_checkpoint
 from ddpm.models.autoencoder import AutoencoderKL, AutoencoderKLConfig
 from ddpm.models.autoencoder_convert import (
     load_autoencoder_file,
@@ -25,7 +26,7 @@ from ddpm.models.autoencoder_convert import (
     vae_to_single_file,
 )
 from ddpm.models.autoencoder_train import estimate_scaling_factor
-from ddpm.training import Trainer, export_model, load_checkpoint, train
+from ddpm.training import Trainer, export_model, train
 from ddpm.training.autoencoder import AutoencoderTrainer, autoencoder_images
 
 VAE_TOML = Path(__file__).resolve().parents[1] / "configs" / "vae.toml"

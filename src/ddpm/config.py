@@ -252,7 +252,7 @@ class TextConfig:
 
     `context_length` tokens per caption; the encoder's `width` (= the UNet's context_dim), `layers`, `heads`
     and `mlp_ratio`; `causal` attention (each word sees the words before it, as in CLIP) instead of
-    bidirectional. None (absent) takes the text conditioner's default (`ddpm.training.text_conditioning`).
+    bidirectional. None (absent) takes the text conditioner's default (`ddpm.conditioning.text`).
     """
 
     context_length: int | None = None

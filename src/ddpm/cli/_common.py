@@ -53,8 +53,8 @@ def load_pipeline(model: str) -> Any:
             f"{model!r} is not a .safetensors model file; give a run folder or `ddpm export` output"
         )
     from ..io.model_file import read_model_meta
+    from ..io.run_folder import run_model_file
     from ..pipelines import DiffusionPipeline, TextToImagePipeline
-    from ..training.export import run_model_file
 
     meta = read_model_meta(run_model_file(path) if path.is_dir() else path)
     if (meta.get("conditioning") or {}).get("type") == "text":

@@ -83,7 +83,7 @@ def _prepare_run(config: Any, run_dir: Path, *, retrain: bool) -> str:
 def _trained_step(run_dir: Path) -> int:
     """The step of the run's latest complete checkpoint."""
     from ..io.model_file import read_model_meta
-    from ..training.export import run_model_file
+    from ..io.run_folder import run_model_file
 
     return int((read_model_meta(run_model_file(run_dir)).get("training") or {}).get("step", 0))
 

@@ -59,7 +59,7 @@ def model_kind(path: str | Path) -> str:
     if not path.exists():
         raise FileNotFoundError(f"no such run folder or model file: {str(path)!r}")
     if path.is_dir():
-        from ..training.export import run_model_file
+        from ..io.run_folder import run_model_file
 
         path = run_model_file(path)
     if path.suffix != ".safetensors":

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..sampling.noise import Generators, randn
+from ..noise import Generators, randn
 from .autoencoder_blocks import Decoder, Encoder
 
 __all__ = ["AutoencoderKLConfig", "AutoencoderKL", "DiagonalGaussian"]

@@ -63,7 +63,7 @@ def open_model(
     type is one of `kinds` (else ValueError ending with `wrong_kind`, the hint what to use instead)."""
     path = Path(path)
     if path.is_dir():
-        from ..training.export import run_model_file
+        from ..io.run_folder import run_model_file
 
         file = run_model_file(path)
     elif path.is_file():

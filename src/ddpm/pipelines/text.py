@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..conditioning.text import TextConditioner, text_conditioner_from_meta
 from ..models.unet import UNet
 from ..schedules import DiscreteSchedule
-from ..training.text_conditioning import TextConditioner, text_conditioner_from_meta
 from .pixel import load_part, open_model
 
 __all__ = ["TextToImagePipeline"]

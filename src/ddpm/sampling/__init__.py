@@ -16,10 +16,10 @@
 Spacings keep the meaning diffusers gives them for the scheduler in the same row (see `grid.py`).
 """
 
+from ..noise import randn
 from .api import SAMPLERS, sample, sampler_grid
 from .denoiser import Denoised, Denoiser, dynamic_threshold
 from .grid import Grid, discrete_grid, dpm_grid, sigma_grid
-from .noise import randn
 
 __all__ = [
     "sample",

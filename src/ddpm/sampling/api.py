@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .. import process
 from ..guidance import Conditions, check_conditions, classifier_free_guidance
+from ..noise import Generators, check_generators, noise_source
 from ..schedules import DiscreteSchedule
 from .ancestral import ddpm
 from .ddim import ddim
@@ -17,7 +18,6 @@ from .denoiser import AlphaBars, Denoiser
 from .dpm_solver import dpmpp_2m
 from .euler import euler, euler_a, heun
 from .grid import GRIDS, Grid
-from .noise import Generators, check_generators, noise_source
 from .plms import plms
 
 __all__ = ["sample", "SAMPLERS", "sampler_grid"]

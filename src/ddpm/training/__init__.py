@@ -4,10 +4,8 @@
 writes a run's EMA weights as one model file (`ddpm export`).
 """
 
-from .checkpoint import Checkpoint, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
-from .conditioning import ClassConditioner, Conditioner, Unconditional, make_conditioner, register_conditioner
 from .ema import EMA, ema_decay_at
-from .export import export_model, model_meta, run_model_file
+from .export import export_model, model_meta
 from .loop import DiffusionModule, Trainer, TrainingDiverged, lr_at, resolve_unet_config, train
 
 __all__ = [
@@ -19,17 +17,6 @@ __all__ = [
     "lr_at",
     "EMA",
     "ema_decay_at",
-    "Checkpoint",
-    "save_checkpoint",
-    "load_checkpoint",
-    "latest_checkpoint",
-    "list_checkpoints",
-    "Conditioner",
-    "Unconditional",
-    "ClassConditioner",
-    "register_conditioner",
-    "make_conditioner",
     "export_model",
     "model_meta",
-    "run_model_file",
 ]

@@ -12,11 +12,11 @@ from typing import Any
 
 from torch import Tensor
 
+from ..conditioning import Conditioner
 from ..io.model_file import FORMAT, VERSION, load_model_file, save_model_file
-from .checkpoint import latest_checkpoint
-from .conditioning import Conditioner
+from ..io.run_folder import run_model_file
 
-__all__ = ["model_meta", "to_file_keys", "from_file_keys", "export_model", "run_model_file"]
+__all__ = ["model_meta", "to_file_keys", "from_file_keys", "export_model"]
 
 UNET_PREFIX = "unet."
 _MODULE_CONDITIONER_PREFIX = "conditioner."
@@ -72,11 +72,6 @@ def from_file_keys(tensors: dict[str, Tensor], conditioner: Conditioner) -> dict
             k = _MODULE_CONDITIONER_PREFIX + k[len(prefix) :]
         out[k] = v
     return out
-
-
-def run_model_file(run: str | Path) -> Path:
-    """The EMA model file of a run folder's latest checkpoint (or of a `step-N` folder)."""
-    return latest_checkpoint(run) / "ema.safetensors"
 
 
 def export_model(run: str | Path, out: str | Path) -> Path:

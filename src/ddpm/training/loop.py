@@ -31,12 +31,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..conditioning import Conditioner, make_conditioner
 from ..config import Config, config_to_dict, dump_config, load_config
+from ..io.run_folder import latest_checkpoint, load_checkpoint, save_checkpoint
 from ..models.unet import UNet, UNetConfig
 from ..objectives import sample_timesteps, training_loss
 from ..process import q_sample
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .conditioning import Conditioner, make_conditioner
 from .data import BatchSource, IndexStream, chunk
 from .distributed import setup_distributed
 from .ema import EMA

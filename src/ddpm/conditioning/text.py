@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..models.small_text_encoder import SmallTextConfig, SmallTextEncoder
 from ..text.word_tokenizer import WordTokenizer
-from .conditioning import Conditioner, register_conditioner
+from .base import Conditioner, register_conditioner
 
 __all__ = [
     "TextConditioner",

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..io.model_file import atomic_write_bytes, fsync_dir, load_model_file, save_model_file
+from .model_file import atomic_write_bytes, fsync_dir, load_model_file, save_model_file
 
 __all__ = [
     "Checkpoint",
@@ -34,6 +34,7 @@ __all__ = [
     "load_checkpoint",
     "latest_checkpoint",
     "list_checkpoints",
+    "run_model_file",
     "CHECKPOINTS",
     "LATEST",
     "TEST_BLOCK_ENV",
@@ -173,3 +174,8 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
     step = int(state["step"])
     return Checkpoint(path=folder, step=step, model=model, ema=ema, state=state, meta=meta)
+
+
+def run_model_file(run: str | Path) -> Path:
+    """The EMA model file of a run folder's latest checkpoint (or of a `step-N` folder)."""
+    return latest_checkpoint(run) / "ema.safetensors"

@@ -1,16 +1,15 @@
-"""Conditioners: how a training batch becomes the model's keyword arguments.
+"""Conditioners: how a batch (training) or a request (sampling) becomes the model's keyword arguments.
 
 A conditioner is an `nn.Module` trained together with the UNet (its parameters, if any, are optimised,
 averaged by the EMA and checkpointed with it). The loop calls it as `conditioner(batch, drop)`, where
 `drop [B]` (bool) marks the samples whose condition is replaced by the null condition for
 classifier-free guidance (Ho & Salimans 2022); the decision is drawn from the training generator, so a
-resumed run drops the same ones. New kinds (a text encoder) register a factory with
-`register_conditioner(name, factory)`; `factory(config, dataset) -> Conditioner`.
+resumed run drops the same ones. New kinds register a factory with `register_conditioner(name, factory)`;
+`factory(config, dataset) -> Conditioner`.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -103,8 +102,6 @@ def _class_factory(config: Any, dataset: Any) -> Conditioner:
 
 
 CONDITIONERS: dict[str, Callable[[Any, Any], Conditioner]] = {"none": _none_factory, "class": _class_factory}
-# Conditioners defined in modules of their own, imported on first use (the module registers itself).
-_CONDITIONER_MODULES = {"text": "ddpm.training.text_conditioning"}
 
 
 def register_conditioner(
@@ -119,15 +116,7 @@ def register_conditioner(
 def make_conditioner(config: Any, dataset: Any) -> Conditioner:
     """The conditioner for `config.data.condition`."""
     name = config.data.condition
-    if name not in CONDITIONERS and name in _CONDITIONER_MODULES:
-        try:
-            importlib.import_module(_CONDITIONER_MODULES[name])
-        except ModuleNotFoundError as e:
-            if e.name != _CONDITIONER_MODULES[name]:
-                raise
     if name not in CONDITIONERS:
-        raise ValueError(
-            f"data.condition = {name!r} has no conditioner registered (known: {sorted(CONDITIONERS)}); "
-            "text conditioning needs the text-to-image extension installed and imported"
-        )
+        known = sorted(CONDITIONERS)
+        raise ValueError(f"data.condition = {name!r} has no conditioner registered (known: {known})")
     return CONDITIONERS[name](config, dataset)

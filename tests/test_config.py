@@ -112,11 +112,13 @@ def test_types_and_ranges_are_checked_with_the_key_named(tmp_path):
         load_config(_write(tmp_path, "[train\n"))
 
 
-def test_timestep_sampling_names_match_the_objectives():
-    from ddpm.config import TIMESTEP_SAMPLINGS
-    from ddpm.objectives import TIMESTEP_SAMPLING
+def test_the_config_names_are_the_registries_of_the_code_that_implements_them():
+    from ddpm.config import choices
+    from ddpm.sampling import SAMPLERS
+    from ddpm.schedules import SCHEDULES
 
-    assert TIMESTEP_SAMPLINGS == TIMESTEP_SAMPLING
+    assert tuple(SAMPLERS) == choices.SAMPLER_NAMES
+    assert tuple(SCHEDULES) == choices.SCHEDULE_NAMES
 
 
 def test_config_to_dict_is_plain():

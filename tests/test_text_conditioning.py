@@ -114,7 +114,7 @@ def test_causal_encoder_states_depend_on_earlier_words_only(tok):
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="multiple of heads"):
         SmallTextConfig(vocab_size=10, width=30, heads=4)
-    with pytest.raises(ValueError, match="unknown text-encoder config keys"):
+    with pytest.raises(ValueError, match="unknown SmallTextConfig key"):
         SmallTextConfig.from_dict({"vocab_size": 10, "depth": 3})
     with pytest.raises(ValueError, match="causal must be true or false"):
         SmallTextConfig(vocab_size=10, causal=1)

@@ -22,6 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .config import choices
 from .schedules import DiscreteSchedule
 
 __all__ = [
@@ -40,7 +41,7 @@ __all__ = [
     "snr",
 ]
 
-PREDICTIONS = ("eps", "x0", "v")
+PREDICTIONS = choices.PREDICTIONS
 
 
 def extract(values: Tensor, t: Tensor, like: Tensor) -> Tensor:

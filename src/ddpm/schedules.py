@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .config import choices
+
 __all__ = [
     "DiscreteSchedule",
     "linear",
@@ -206,7 +208,7 @@ def from_config(config: dict[str, Any] | str) -> DiscreteSchedule:
 # Step grids
 # --------------------------------------------------------------------------------------------
 
-SPACINGS = ("leading", "linspace", "trailing")
+SPACINGS = choices.SPACINGS
 
 
 def timesteps(num_timesteps: int, steps: int, spacing: str = "trailing", *, steps_offset: int = 0) -> Tensor:

@@ -9,8 +9,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..config.choices import PREDICTIONS
+
 HELP = "convert checkpoints: .ckpt -> .safetensors, single file <-> diffusers folder"
-_PREDICTIONS = ("eps", "v", "x0")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -38,7 +39,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="store floating weights as float16 (default: as the source stores them)")
     p.add_argument("--no-ema", action="store_true",
                    help="use the plain UNet weights even where the file has EMA ones (model conversions)")
-    p.add_argument("--prediction", choices=_PREDICTIONS,
+    p.add_argument("--prediction", choices=PREDICTIONS,
                    help="what the UNet predicts, recorded in the output (weights cannot show it; "
                         "default eps)")
     p.add_argument("--force", action="store_true", help="replace DEST if it exists")

@@ -15,7 +15,6 @@ in every GroupNorm, VAE scaling 0.18215, epsilon prediction).
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any
 from torch import Tensor
 
 from .. import schedules
+from ..config.base import DictConfig
 from ..models.autoencoder import AutoencoderKLConfig
 from ..models.text_encoder import CLIPTextConfig
 from ..models.unet import UNetConfig
@@ -66,7 +66,7 @@ _BETA_SCHEDULES = {"scaled_linear": "scaled_linear", "linear": "linear"}
 
 
 @dataclass
-class SchedulerConfig:
+class SchedulerConfig(DictConfig):
     """How an SD model was trained and is sampled by default (SD 1.x: scaled_linear 0.00085–0.012 over
     1000 steps, epsilon prediction, `leading` spacing with steps_offset 1, PLMS; Rombach et al. 2022)."""
 
@@ -93,19 +93,6 @@ class SchedulerConfig:
         """The `DiscreteSchedule` these settings describe (from `ddpm.schedules`)."""
         make = schedules.scaled_linear if self.beta_schedule == "scaled_linear" else schedules.linear
         return make(self.num_train_timesteps, beta_start=self.beta_start, beta_end=self.beta_end)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as a JSON-able dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> SchedulerConfig:
-        """From `to_dict()` output; unknown keys are rejected by name."""
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown SchedulerConfig key(s) {unknown}; valid keys are {valid}")
-        return cls(**d)
 
     @classmethod
     def from_diffusers(cls, d: Mapping[str, Any]) -> SchedulerConfig:

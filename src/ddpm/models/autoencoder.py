@@ -18,13 +18,10 @@ a whole-image decode.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
+from ..config.architectures import AutoencoderKLConfig
 from ..noise import Generators, randn
 from .autoencoder_blocks import Decoder, Encoder
 
@@ -32,109 +29,6 @@ __all__ = ["AutoencoderKLConfig", "AutoencoderKL", "DiagonalGaussian"]
 
 # The LDM / diffusers clamp on the log-variance, so exp() stays finite in float16.
 _LOGVAR_MIN, _LOGVAR_MAX = -30.0, 20.0
-
-
-@dataclass
-class AutoencoderKLConfig:
-    """Hyper-parameters of `AutoencoderKL`; JSON-able through `to_dict` / `from_dict`.
-
-    Widths are `base_channels * channel_mult[i]` per level; every level but the last halves the image.
-    `mid_attention` puts single-head self-attention between the two middle ResnetBlocks of the encoder and
-    the decoder. `double_z` must stay True: a KL autoencoder's encoder emits a mean and a log-variance.
-    `scaling_factor` (and an optional `shift_factor`) map raw latents to the unit-variance ones diffusion
-    is trained on.
-    """
-
-    in_channels: int = 3
-    out_channels: int = 3
-    latent_channels: int = 4
-    base_channels: int = 128
-    channel_mult: tuple[int, ...] = (1, 2, 4, 4)
-    num_res_blocks: int = 2
-    norm_groups: int = 32
-    norm_eps: float = 1e-6
-    mid_attention: bool = True
-    double_z: bool = True
-    use_quant_conv: bool = True
-    use_post_quant_conv: bool = True
-    scaling_factor: float = 0.18215
-    shift_factor: float | None = None
-
-    def __post_init__(self) -> None:
-        self.channel_mult = tuple(int(m) for m in self.channel_mult)
-        for name in ("in_channels", "out_channels", "latent_channels", "base_channels", "num_res_blocks",
-                     "norm_groups"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"AutoencoderKLConfig.{name} must be a positive integer; got {value!r}")
-        if not self.channel_mult or any(m < 1 for m in self.channel_mult):
-            raise ValueError(f"AutoencoderKLConfig.channel_mult must be a non-empty list of positive ints; "
-                             f"got {self.channel_mult}")
-        widths = sorted({self.base_channels * m for m in self.channel_mult} | {self.base_channels})
-        bad = [w for w in widths if w % self.norm_groups]
-        if bad:
-            raise ValueError(
-                f"AutoencoderKLConfig.norm_groups={self.norm_groups} must divide every width "
-                f"(base_channels * channel_mult = {widths}); {bad} are not multiples"
-            )
-        if not self.norm_eps > 0:
-            raise ValueError(f"AutoencoderKLConfig.norm_eps must be positive; got {self.norm_eps}")
-        if not self.double_z:
-            raise ValueError("AutoencoderKLConfig.double_z=False gives an encoder without a variance, "
-                             "which is not a KL autoencoder; keep double_z=True")
-        self.scaling_factor = float(self.scaling_factor)
-        if not self.scaling_factor > 0:
-            raise ValueError(f"AutoencoderKLConfig.scaling_factor must be positive; got "
-                             f"{self.scaling_factor} (1 / the std of the raw latents; 0.18215 for SD 1.x)")
-        if self.shift_factor is not None:
-            self.shift_factor = float(self.shift_factor)
-
-    @property
-    def downsampling_factor(self) -> int:
-        """f = 2^(levels-1): image H and W must be multiples of it; latents are f times smaller."""
-        return 2 ** (len(self.channel_mult) - 1)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config as a JSON-able dict (tuples become lists)."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> AutoencoderKLConfig:
-        """Build from a dict such as `to_dict()` wrote; unknown keys are rejected by name."""
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown AutoencoderKLConfig key(s) {unknown}; valid keys are {valid}")
-        return cls(**d)
-
-    def replace(self, **changes: Any) -> AutoencoderKLConfig:
-        """A copy with some fields changed (validated like a new config)."""
-        return AutoencoderKLConfig.from_dict({**self.to_dict(), **changes})
-
-    @classmethod
-    def sd15(cls, **overrides: Any) -> AutoencoderKLConfig:
-        """The Stable Diffusion 1.x autoencoder (kl-f8): 83,653,863 parameters, latents `[4, H/8, W/8]`."""
-        return cls.from_dict({**cls().to_dict(), **overrides})
-
-    @classmethod
-    def tiny(cls, **overrides: Any) -> AutoencoderKLConfig:
-        """An f=8 model with the SD structure and 81,215 parameters, for CPU tests."""
-        base = dict(base_channels=8, channel_mult=(1, 2, 2, 2), num_res_blocks=1, norm_groups=4,
-                    scaling_factor=1.0)
-        return cls.from_dict({**cls().to_dict(), **base, **overrides})
-
-    @classmethod
-    def small(cls, **overrides: Any) -> AutoencoderKLConfig:
-        """An f=4 model (681,911 parameters) to train on CPU for 32x32 / 64x64 latent diffusion:
-        `[3, 32, 32]` images become `[4, 8, 8]` latents. Narrow at full resolution (16 channels), where a
-        CPU spends its time: it trained faster and to a higher PSNR than 32-64-64 channels."""
-        base = dict(base_channels=16, channel_mult=(1, 2, 4), num_res_blocks=1, norm_groups=8,
-                    scaling_factor=1.0)
-        return cls.from_dict({**cls().to_dict(), **base, **overrides})
 
 
 class DiagonalGaussian:

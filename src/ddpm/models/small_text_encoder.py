@@ -19,19 +19,19 @@ encoder gives both objects the same view of the sentence and only the position e
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config.base import DictConfig
+
 __all__ = ["SmallTextConfig", "SmallTextEncoder"]
 
 
 @dataclass
-class SmallTextConfig:
+class SmallTextConfig(DictConfig):
     """Hyper-parameters of `SmallTextEncoder`; JSON-able through `to_dict` / `from_dict`."""
 
     vocab_size: int
@@ -54,16 +54,6 @@ class SmallTextConfig:
                 f"SmallTextConfig.width ({self.width}) must be a multiple of heads ({self.heads})"
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SmallTextConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown text-encoder config keys {unknown}; known: {sorted(known)}")
-        return cls(**d)
 
 
 class _Layer(nn.Module):

@@ -17,7 +17,6 @@ or without the `text_model.` level, with or without a `position_ids` buffer).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config.base import DictConfig
 from ..nn.attention import merge_heads, split_heads
 
 __all__ = ["CLIPTextConfig", "CLIPTextModel", "CLIPTextOutput", "ACTIVATIONS"]
@@ -34,7 +34,7 @@ _LEGACY_EOS_ID = 2  # transformers configs saved before mid-2023 say 2 and mean 
 
 
 @dataclass
-class CLIPTextConfig:
+class CLIPTextConfig(DictConfig):
     """Hyper-parameters of `CLIPTextModel` (defaults: SD 1.x's ViT-L/14 text tower); JSON-able.
 
     `eos_token_id=None` pools at the largest id of each row (CLIP's own rule: EOS is the last id of
@@ -65,19 +65,6 @@ class CLIPTextConfig:
             raise ValueError(
                 f"eos_token_id={self.eos_token_id} is not an id of a {self.vocab_size}-token vocabulary"
             )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config as a JSON-able dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CLIPTextConfig:
-        """Build from a dict such as `to_dict()` wrote; unknown keys are rejected by name."""
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown CLIPTextConfig key(s) {unknown}; valid keys are {valid}")
-        return cls(**d)
 
     @classmethod
     def from_transformers(cls, d: dict[str, Any]) -> CLIPTextConfig:

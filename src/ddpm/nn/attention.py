@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config.architectures import heads_for
 from .norm import GroupNorm32, zero_module
 
 __all__ = ["split_heads", "merge_heads", "heads_for", "AttentionBlock", "CrossAttention"]
@@ -31,24 +32,6 @@ def merge_heads(x: Tensor) -> Tensor:
     """`[B, h, L, d]` -> `[B, L, h*d]`."""
     b, h, n, d = x.shape
     return x.transpose(1, 2).reshape(b, n, h * d)
-
-
-def heads_for(channels: int, *, num_heads: int, num_head_channels: int | None) -> tuple[int, int]:
-    """(heads, channels per head) for a layer of width `channels`: a fixed head width when
-    `num_head_channels` is given (ADM), else a fixed head count (DDPM, SD 1.x)."""
-    if num_head_channels is not None:
-        if num_head_channels < 1 or channels % num_head_channels:
-            raise ValueError(
-                f"num_head_channels={num_head_channels} must divide every attention width; {channels} is not "
-                "a multiple (choose a divisor, or set num_head_channels=None and use num_heads)"
-            )
-        return channels // num_head_channels, num_head_channels
-    if num_heads < 1 or channels % num_heads:
-        raise ValueError(
-            f"num_heads={num_heads} must divide every attention width; {channels} is not a multiple "
-            "(choose a divisor, or use num_head_channels)"
-        )
-    return num_heads, channels // num_heads
 
 
 class AttentionBlock(nn.Module):

@@ -28,15 +28,14 @@ All schedule, posterior and parameterisation maths comes from `ddpm.process`; th
 from __future__ import annotations
 
 from .likelihood import discretized_gaussian_log_likelihood, normal_kl
-from .losses import TIMESTEP_SAMPLING, min_snr_weight, sample_timesteps, training_loss
-from .reverse import VARIANCES, ReverseGaussian, model_log_variance, p_mean_log_variance
+from .losses import min_snr_weight, sample_timesteps, training_loss
+from .reverse import FIXED_VARIANCES, ReverseGaussian, model_log_variance, p_mean_log_variance
 from .vlb import bits_per_dim, prior_bpd, vlb_term, vlb_terms
 
 __all__ = [
-    "VARIANCES",
+    "FIXED_VARIANCES",
     "sample_timesteps",
     "min_snr_weight",
-    "TIMESTEP_SAMPLING",
     "training_loss",
     "normal_kl",
     "discretized_gaussian_log_likelihood",

@@ -22,15 +22,15 @@ import math
 import torch
 from torch import Tensor
 
+from ..config.choices import TIMESTEP_SAMPLINGS
 from ..process import snr, target
 from ..schedules import DiscreteSchedule
 from ._checks import check_prediction, check_same_shape, check_t, mean_flat, split_output
 from .reverse import p_mean_log_variance
 from .vlb import vlb_nats
 
-__all__ = ["TIMESTEP_SAMPLING", "sample_timesteps", "min_snr_weight", "training_loss"]
+__all__ = ["sample_timesteps", "min_snr_weight", "training_loss"]
 
-TIMESTEP_SAMPLING = ("uniform", "logit_normal")
 
 
 def sample_timesteps(
@@ -54,8 +54,8 @@ def sample_timesteps(
         raise ValueError(f"batch must be a non-negative integer, got {batch!r}")
     if int(num_timesteps) != num_timesteps or num_timesteps < 1:
         raise ValueError(f"num_timesteps must be a positive integer, got {num_timesteps!r}")
-    if distribution not in TIMESTEP_SAMPLING:
-        raise ValueError(f"timestep distribution must be one of {TIMESTEP_SAMPLING}, got {distribution!r}")
+    if distribution not in TIMESTEP_SAMPLINGS:
+        raise ValueError(f"timestep distribution must be one of {TIMESTEP_SAMPLINGS}, got {distribution!r}")
     if not (math.isfinite(loc) and math.isfinite(scale) and scale > 0):
         raise ValueError(f"logit-normal timesteps need a finite loc and a positive scale, got {loc}, {scale}")
     draw_on = generator.device if generator is not None else device

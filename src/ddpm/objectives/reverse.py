@@ -20,14 +20,15 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..config.choices import VARIANCES
 from ..process import extract, posterior_coefficients, q_posterior, to_x0_eps
 from ..schedules import DiscreteSchedule
 from ._checks import split_output
 
-__all__ = ["VARIANCES", "model_log_variance", "ReverseGaussian", "p_mean_log_variance"]
+__all__ = ["FIXED_VARIANCES", "model_log_variance", "ReverseGaussian", "p_mean_log_variance"]
 
-VARIANCES = ("fixed_large", "fixed_small")
-"""Fixed variances for models without a learned one (DDPM Sec. 3.2): beta_t or beta~_t."""
+# Fixed variances for models without a learned one (DDPM Sec. 3.2): beta~_t or beta_t.
+FIXED_VARIANCES = tuple(v for v in VARIANCES if v != "learned")
 
 
 def model_log_variance(
@@ -55,7 +56,7 @@ def model_log_variance(
     if variance == "fixed_large":
         large = torch.cat([post_var[1:2], schedule.betas[1:]]) if len(schedule) > 1 else schedule.betas
         return extract(torch.log(large), t, like)
-    raise ValueError(f"unknown variance {variance!r}; choose one of {list(VARIANCES)}")
+    raise ValueError(f"unknown variance {variance!r}; choose one of {list(FIXED_VARIANCES)}")
 
 
 class ReverseGaussian(NamedTuple):

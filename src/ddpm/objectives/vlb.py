@@ -24,7 +24,7 @@ from ..process import q_posterior, q_sample
 from ..schedules import DiscreteSchedule
 from ._checks import check_cond, check_data, check_prediction, check_same_shape, check_t, mean_flat
 from .likelihood import discretized_gaussian_log_likelihood, normal_kl
-from .reverse import VARIANCES, p_mean_log_variance
+from .reverse import FIXED_VARIANCES, p_mean_log_variance
 
 __all__ = ["vlb_term", "vlb_terms", "prior_bpd", "bits_per_dim"]
 
@@ -106,8 +106,8 @@ def vlb_terms(
     """
     check_prediction(prediction)
     check_data(x0)
-    if variance not in VARIANCES:
-        raise ValueError(f"unknown variance {variance!r}; choose one of {list(VARIANCES)}")
+    if variance not in FIXED_VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; choose one of {list(FIXED_VARIANCES)}")
     k = 1 if t_batch is None else t_batch
     if isinstance(k, bool) or int(k) != k or k < 1:
         raise ValueError(f"t_batch must be a positive integer (timesteps per model call), got {t_batch!r}")

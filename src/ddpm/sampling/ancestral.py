@@ -21,13 +21,13 @@ import torch
 from torch import Tensor
 
 from .. import process
+from ..config.choices import VARIANCES
 from ..schedules import DiscreteSchedule
 from .denoiser import Denoise, NoiseFn, step_range
 from .grid import Grid
 
-__all__ = ["VARIANCES", "ddpm", "respaced_schedule"]
+__all__ = ["ddpm", "respaced_schedule"]
 
-VARIANCES = ("fixed_small", "fixed_large", "learned")
 
 
 def respaced_schedule(grid: Grid) -> DiscreteSchedule:

@@ -1,0 +1,15 @@
+"""The names a config, a model file or a call may choose from: one tuple per choice, torch-free, so the
+config layer validates a file without importing the code that implements each choice (which checks its
+own table against these names on import)."""
+
+PREDICTIONS = ("eps", "x0", "v")  # what the network outputs (ddpm.process)
+VARIANCES = ("fixed_small", "fixed_large", "learned")  # the reverse-step variance (DDPM §3.2, IDDPM §3.1)
+SCHEDULE_NAMES = ("linear", "cosine", "scaled_linear", "sigmoid")  # ddpm.schedules.SCHEDULES
+SPACINGS = ("leading", "linspace", "trailing")  # timestep grids (ddpm.schedules)
+SAMPLER_NAMES = ("ddpm", "ddim", "plms", "euler", "euler_a", "heun", "dpmpp_2m")  # ddpm.sampling.SAMPLERS
+TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")  # ddpm.objectives.sample_timesteps
+CONDITIONS = ("none", "class", "text")  # ddpm.conditioning
+TASKS = ("diffusion", "autoencoder")  # ddpm.training tasks
+MIXED_PRECISION = ("auto", "no", "bf16")
+LR_SCHEDULES = ("constant", "cosine")
+RECONSTRUCTIONS = ("l2", "l1")  # the autoencoder's reconstruction loss

@@ -16,6 +16,7 @@ from ddpm.conditioning.text import (
 from ddpm.config import load_config
 from ddpm.data.shapes import alignment_prompts, scene_for
 from ddpm.models.small_text_encoder import SmallTextConfig, SmallTextEncoder
+from ddpm.schedules import from_config
 from ddpm.text.word_tokenizer import SPECIAL_TOKENS, WordTokenizer, words_of
 
 CAPTIONS = [scene_for("train", i).caption for i in range(400)]
@@ -179,7 +180,7 @@ def test_caption_dropout_rate_matches_the_config():
         t.config = load_config(None, opts)
         t.drop_prob = p
         t.shape = (1, 1, 1)
-        t.schedule = t.config.diffusion.build_schedule()
+        t.schedule = from_config(t.config.diffusion.schedule_config())
         drop = t._draws()["drop"]
         if p == 0.0:
             assert drop is None

@@ -13,3 +13,5 @@ TASKS = ("diffusion", "autoencoder")  # ddpm.training tasks
 MIXED_PRECISION = ("auto", "no", "bf16")
 LR_SCHEDULES = ("constant", "cosine")
 RECONSTRUCTIONS = ("l2", "l1")  # the autoencoder's reconstruction loss
+# Keywords of ddpm.data.load_dataset that a run sets itself, so data.options may not.
+LOAD_KEYWORDS = frozenset({"split", "image_size", "channels", "flip", "seed", "holdout_fraction"})

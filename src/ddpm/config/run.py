@@ -10,6 +10,7 @@ from .architectures import AutoencoderKLConfig, UNetConfig
 from .base import choice, need
 from .choices import (
     CONDITIONS,
+    LOAD_KEYWORDS,
     LR_SCHEDULES,
     MIXED_PRECISION,
     PREDICTIONS,
@@ -77,8 +78,6 @@ class DataConfig:
         need(0.0 <= self.cond_drop_prob < 1.0,
               f"data.cond_drop_prob must lie in [0, 1); got {self.cond_drop_prob}")
         need(self.num_workers >= 0, f"data.num_workers must be >= 0; got {self.num_workers}")
-        from ..data.registry import LOAD_KEYWORDS  # the run decides these itself
-
         reserved = sorted(set(self.options) & LOAD_KEYWORDS)
         need(not reserved, f"data.options cannot set {', '.join(reserved)}: use the [data] / [train] key of "
               "that name instead")
@@ -121,16 +120,15 @@ class DiffusionConfig:
         if (self.beta_start is not None or self.beta_end is not None) and self.schedule == "cosine":
             raise ValueError("diffusion.beta_start/beta_end do not apply to the cosine schedule; remove them")
 
-    def build_schedule(self) -> Any:
-        """The `DiscreteSchedule` this section describes."""
-        from ..schedules import SCHEDULES
-
-        kw: dict[str, Any] = {"zero_terminal_snr": self.zero_terminal_snr}
+    def schedule_config(self) -> dict[str, Any]:
+        """The schedule this section describes, as `ddpm.schedules.from_config` takes it."""
+        spec: dict[str, Any] = {"name": self.schedule, "num_timesteps": self.num_timesteps,
+                                "zero_terminal_snr": self.zero_terminal_snr}
         if self.beta_start is not None:
-            kw["beta_start"] = self.beta_start
+            spec["beta_start"] = self.beta_start
         if self.beta_end is not None:
-            kw["beta_end"] = self.beta_end
-        return SCHEDULES[self.schedule](self.num_timesteps, **kw)
+            spec["beta_end"] = self.beta_end
+        return spec
 
 
 @dataclass

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..config.choices import LOAD_KEYWORDS
 from .dataset import ImageDataset, SubsetDataset
 from .splits import SPLITS, holdout_split
 
@@ -29,7 +30,6 @@ _BUILTINS: dict[str, Callable[..., Any]] = {}
 # Built-ins defined in modules of their own, imported on first use: name -> (module, factory attribute).
 _BUILTIN_MODULES = {"shapes": ("ddpm.data.shapes", "shapes_dataset")}
 # Keywords `load_dataset` passes to every factory itself (so not dataset options).
-LOAD_KEYWORDS = frozenset({"split", "image_size", "channels", "flip", "seed", "holdout_fraction"})
 
 
 def register_builtin(name: str, factory: Callable[..., Any], *, replace: bool = False) -> None:

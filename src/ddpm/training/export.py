@@ -15,6 +15,7 @@ from torch import Tensor
 from ..conditioning import Conditioner
 from ..io.model_file import FORMAT, VERSION, load_model_file, save_model_file
 from ..io.run_folder import run_model_file
+from ..schedules import from_config
 
 __all__ = ["model_meta", "to_file_keys", "from_file_keys", "export_model"]
 
@@ -31,7 +32,7 @@ def model_meta(
         "version": VERSION,
         "unet": unet_config.to_dict(),
         "diffusion": {
-            "schedule": config.diffusion.build_schedule().to_config(),
+            "schedule": from_config(config.diffusion.schedule_config()).to_config(),
             "prediction": config.diffusion.prediction,
             "learned_variance": bool(config.diffusion.learned_variance),
         },

@@ -37,6 +37,7 @@ from ..io.run_folder import latest_checkpoint, load_checkpoint, save_checkpoint
 from ..models.unet import UNet, UNetConfig
 from ..objectives import sample_timesteps, training_loss
 from ..process import q_sample
+from ..schedules import from_config
 from .data import BatchSource, IndexStream, chunk
 from .distributed import setup_distributed
 from .ema import EMA
@@ -240,7 +241,7 @@ class Trainer:
         cfg.model = self.unet_config
         if saved is not None:
             self._check_resume_config(saved)
-        self.schedule = cfg.diffusion.build_schedule()
+        self.schedule = from_config(cfg.diffusion.schedule_config())
         self.shape = (self.dataset.channels, self.dataset.image_size, self.dataset.image_size)
         self.drop_prob = dc.cond_drop_prob if self.conditioner.kind != "none" else 0.0
 

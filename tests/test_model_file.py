@@ -74,3 +74,41 @@ def test_bad_inputs_say_what_to_do(tmp_path):
     save_file({"w": torch.ones(1)}, str(future), metadata={"ddpm": newer})
     with pytest.raises(ValueError, match="Upgrade ddpm"):
         load_model_file(future)
+
+
+def test_metadata_is_checked_on_load_naming_the_section_and_field(tmp_path):
+    def write(meta: dict):
+        path = tmp_path / "m.safetensors"
+        save_file({"w": torch.ones(1)}, str(path), metadata={"ddpm": json.dumps({"format": FORMAT, **meta})})
+        return path
+
+    cases = [
+        ({**_meta(), "extra": 1}, r"unknown section\(s\) \['extra'\]"),
+        ({"unet": {}}, "lacks the 'diffusion' section"),
+        ({**_meta(), "diffusion": {"prediction": "eps"}}, r"'diffusion'.*lacks the field\(s\) \['schedule'\]"),
+        ({**_meta(), "sampling": {"sampler": "nope"}}, "'sampling'.*sampler 'nope' is not one of"),
+        ({**_meta(), "conditioning": {"type": "class"}}, "needs num_classes"),
+        ({**_meta(), "data": {"image_size": "big"}}, "image_size = 'big' is not a int"),
+        ({**_meta(), "training": {"step": 1, "by": "me"}}, r"'training'.*unknown field\(s\) \['by'\]"),
+        ({"data": {}}, "exactly one of the sections 'unet'"),
+    ]
+    for meta, message in cases:
+        with pytest.raises(ValueError, match=message):
+            load_model_file(write(meta))
+    with pytest.raises(ValueError, match="exactly one of"):  # and nothing unreadable is ever written
+        save_model_file(tmp_path / "w.safetensors", {"w": torch.ones(1)}, {"data": {}})
+    assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_typed_metadata_round_trips_and_answers_questions(tmp_path):
+    from ddpm.io.model_file import read_meta
+    from ddpm.io.model_meta import ConditioningMeta, DataMeta
+
+    path = save_model_file(tmp_path / "m.safetensors", {"w": torch.ones(1)}, _meta())
+    meta = read_meta(path)
+    assert meta.to_dict() == read_model_meta(path) and meta.kind == "diffusion" and meta.condition == "none"
+    labelled = meta.with_sections(conditioning=ConditioningMeta(type="class", num_classes=3),
+                                  data=DataMeta(dataset="d", image_size=8, channels=1))
+    assert labelled.class_names == ["0", "1", "2"] and labelled.to_dict()["data"]["options"] == {}
+    again = read_meta(save_model_file(tmp_path / "n.safetensors", {"w": torch.ones(1)}, labelled))
+    assert again == labelled

@@ -35,7 +35,8 @@ def _model_file(tmp_path, *, conditioning: str = "none", name: str = "m.safetens
         "diffusion": {"schedule": {"name": "linear", "num_timesteps": 100}, "prediction": "eps",
                       "learned_variance": False},
         "data": {"dataset": "x", "image_size": 8, "channels": 1, "class_names": None},
-        "conditioning": {"type": conditioning, "num_classes": None, "text_encoder": None},
+        "conditioning": {"type": conditioning, "num_classes": None,
+                         "text_encoder": {"kind": "word_transformer"} if conditioning == "text" else None},
         "sampling": {"sampler": "dpmpp_2m", "steps": 5, "guidance_scale": 1.0, "clip_x0": "static"},
         "training": {"step": 0, "run": "hand-made"},
     }

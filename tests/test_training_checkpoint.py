@@ -23,6 +23,8 @@ from ddpm.io.run_folder import (
 from ddpm.training import train
 from test_training import assert_same_checkpoint, tiny_config
 
+META = {"unet": {}, "diffusion": {"schedule": {"name": "linear"}}}  # the least a model file says
+
 
 def _run_until_blocked(script: str, marker, env_value: str, timeout: float = 120.0) -> subprocess.Popen:
     env = {**os.environ, TEST_BLOCK_ENV: env_value, "PYTHONUNBUFFERED": "1"}
@@ -84,22 +86,22 @@ def test_writer_killed_between_rename_and_latest_leaves_latest_on_the_previous_s
         from ddpm.io.run_folder import save_checkpoint
         for step in (1, 2):
             t = {{"unet.w": torch.full((3,), float(step))}}
-            save_checkpoint({str(run)!r}, step, model=t, ema=t, state={{"step": step}}, meta={{}})
+            save_checkpoint({str(run)!r}, step, model=t, ema=t, state={{"step": step}}, meta={META!r})
     """)
     _kill(_run_until_blocked(script, marker, f"renamed:2:{marker}"))
     assert latest_checkpoint(run).name == "step-1"
     ck = load_checkpoint(run)
     assert ck.step == 1 and torch.equal(ck.ema["unet.w"], torch.ones(3))
     # The next save moves on normally and prunes beyond keep_last.
-    save_checkpoint(run, 3, model=_tensors(3.0), ema=_tensors(3.0), state={"step": 3}, meta={}, keep_last=1)
+    save_checkpoint(run, 3, model=_tensors(3.0), ema=_tensors(3.0), state={"step": 3}, meta=META, keep_last=1)
     assert [s for s, _ in list_checkpoints(run)] == [3]
     assert load_checkpoint(run).step == 3
 
 
 def test_saving_the_same_step_again_and_bad_pointers(tmp_path):
     run = tmp_path / "run"
-    save_checkpoint(run, 5, model=_tensors(1.0), ema=_tensors(1.0), state={"step": 5}, meta={})
-    save_checkpoint(run, 5, model=_tensors(2.0), ema=_tensors(2.0), state={"step": 5}, meta={})
+    save_checkpoint(run, 5, model=_tensors(1.0), ema=_tensors(1.0), state={"step": 5}, meta=META)
+    save_checkpoint(run, 5, model=_tensors(2.0), ema=_tensors(2.0), state={"step": 5}, meta=META)
     assert torch.equal(load_checkpoint(run).model["unet.w"], torch.full((3,), 2.0))
     assert torch.equal(load_checkpoint(run / "checkpoints" / "step-5").ema["unet.w"], torch.full((3,), 2.0))
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-5"]

@@ -23,6 +23,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from .model_meta import FORMAT, VERSION, ModelMeta
+
 __all__ = [
     "FORMAT",
     "VERSION",
@@ -30,13 +32,12 @@ __all__ = [
     "save_model_file",
     "load_model_file",
     "read_model_meta",
+    "read_meta",
     "file_hash",
     "atomic_write_bytes",
     "fsync_dir",
 ]
 
-FORMAT = "ddpm.model"
-VERSION = 1
 META_KEY = "ddpm"
 
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
@@ -73,26 +74,26 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def _check_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """`meta` with format and version, checked as a `ModelMeta` (so no file is written unreadable)."""
     if not isinstance(meta, Mapping):
-        raise ValueError(f"model file metadata must be a dict, got {type(meta).__name__}")
-    meta = dict(meta)
-    meta.setdefault("format", FORMAT)
-    meta.setdefault("version", VERSION)
-    if meta["format"] != FORMAT:
-        raise ValueError(f"model file metadata has format {meta['format']!r}; expected {FORMAT!r}")
+        raise ValueError(f"model file metadata must be a dict or a ModelMeta, got {type(meta).__name__}")
+    meta = {"format": FORMAT, "version": VERSION, **meta}
+    ModelMeta.from_dict(meta)
     return meta
 
 
-def save_model_file(path: str | Path, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Path:
+def save_model_file(
+    path: str | Path, tensors: Mapping[str, Tensor], meta: ModelMeta | Mapping[str, Any]
+) -> Path:
     """Write `tensors` and the JSON `meta` (stored under metadata key "ddpm") to one `.safetensors` file."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"a model file must end in .safetensors, got {str(path)!r}")
-    meta = _check_meta(meta)
     try:
-        text = json.dumps(meta, sort_keys=True, allow_nan=False)
+        text = json.dumps(meta.to_dict() if isinstance(meta, ModelMeta) else meta, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise ValueError(f"model file metadata must be plain JSON (no NaN, no objects): {e}") from e
+    text = json.dumps(_check_meta(json.loads(text)), sort_keys=True)
     out: dict[str, Tensor] = {}
     seen: dict[int, str] = {}
     for k, v in tensors.items():
@@ -136,14 +137,13 @@ def read_model_meta(path: str | Path) -> dict[str, Any]:
         meta = json.loads(raw)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: the {META_KEY!r} metadata is not valid JSON ({e})") from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: metadata format is not {FORMAT!r}")
-    if int(meta.get("version", 0)) > VERSION:
-        raise ValueError(
-            f"{path} is a version {meta['version']} model file; this ddpm reads up to version {VERSION}. "
-            "Upgrade ddpm to load it."
-        )
+    ModelMeta.from_dict(meta, source=str(path))  # a damaged or foreign dict fails here, naming the field
     return meta
+
+
+def read_meta(path: str | Path) -> ModelMeta:
+    """The typed metadata of a model file, without loading its tensors."""
+    return ModelMeta.from_dict(read_model_meta(path), source=str(path))
 
 
 def load_model_file(

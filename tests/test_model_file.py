@@ -85,7 +85,7 @@ def test_metadata_is_checked_on_load_naming_the_section_and_field(tmp_path):
     cases = [
         ({**_meta(), "extra": 1}, r"unknown section\(s\) \['extra'\]"),
         ({"unet": {}}, "lacks the 'diffusion' section"),
-        ({**_meta(), "diffusion": {"prediction": "eps"}}, r"'diffusion'.*lacks the field\(s\) \['schedule'\]"),
+        ({**_meta(), "diffusion": {"prediction": "eps"}}, r"'diffusion'.*lacks the field\(s\) \['schedule"),
         ({**_meta(), "sampling": {"sampler": "nope"}}, "'sampling'.*sampler 'nope' is not one of"),
         ({**_meta(), "conditioning": {"type": "class"}}, "needs num_classes"),
         ({**_meta(), "data": {"image_size": "big"}}, "image_size = 'big' is not a int"),

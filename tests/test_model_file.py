@@ -112,3 +112,25 @@ def test_typed_metadata_round_trips_and_answers_questions(tmp_path):
     assert labelled.class_names == ["0", "1", "2"] and labelled.to_dict()["data"]["options"] == {}
     again = read_meta(save_model_file(tmp_path / "n.safetensors", {"w": torch.ones(1)}, labelled))
     assert again == labelled
+
+
+def test_atomic_writes_follow_the_umask_and_leave_nothing_on_error(tmp_path):
+    import os
+
+    from ddpm.io.atomic import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        path = save_model_file(tmp_path / "m.safetensors", {"w": torch.ones(1)}, _meta())
+        assert path.stat().st_mode & 0o777 == 0o644  # safetensors alone creates 0600
+        os.umask(0o077)
+        with atomic_write(tmp_path / "private.bin") as tmp:
+            tmp.write_bytes(b"x")
+        assert (tmp_path / "private.bin").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+    with pytest.raises(RuntimeError), atomic_write(path) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("crash mid-write")
+    assert read_model_meta(path)["training"]["step"] == 3  # the old file is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "private.bin"]

@@ -13,7 +13,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -221,16 +220,11 @@ def _cache_key(recipe: JudgeRecipe, *tensors: Tensor) -> str:
 def _save_atomic(path: Path, net: JudgeNet, info: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
-        save_file(state, tmp, metadata={"ddpm_judge": json.dumps(info)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from ..io.atomic import atomic_write
+
+    state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
+    with atomic_write(path) as tmp:
+        save_file(state, str(tmp), metadata={"ddpm_judge": json.dumps(info)})
 
 
 def _load(path: Path) -> Judge:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,8 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from torch import Tensor
+
+from .atomic import atomic_write
 
 __all__ = [
     "to_uint8",
@@ -122,14 +123,8 @@ def save_png(path: str | Path, image: Tensor | np.ndarray, metadata: Mapping[str
             info.add_text(k, v)
         else:
             info.add_itxt(k, v)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_write(path) as tmp:
         pil.save(tmp, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

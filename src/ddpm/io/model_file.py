@@ -6,14 +6,13 @@ The config lives as JSON under the safetensors metadata key "ddpm" (see DESIGN.m
      "conditioning": {...}, "sampling": {...}, "training": {...}}
 
 UNet weights are stored under the key prefix "unet.", text-encoder weights under "text_encoder.".
-Files are written atomically (temporary file, fsync, rename), so a reader never sees half a file.
+Files are written atomically (`ddpm.io.atomic`), so a reader never sees half a file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from .atomic import atomic_write
 from .model_meta import FORMAT, VERSION, ModelMeta
 
 __all__ = [
@@ -34,43 +34,11 @@ __all__ = [
     "read_model_meta",
     "read_meta",
     "file_hash",
-    "atomic_write_bytes",
-    "fsync_dir",
 ]
 
 META_KEY = "ddpm"
 
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def fsync_dir(path: str | Path) -> None:
-    """Flush a directory entry (a rename inside it) to disk; a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` so that `path` holds either its old content or all of `data`, never a mix."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)
 
 
 def _check_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -106,17 +74,8 @@ def save_model_file(
             v = v.clone()
         seen[ptr] = k
         out[k] = v
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_write(path) as tmp:
         save_file(out, str(tmp), metadata={META_KEY: text})
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)
     return path
 
 

@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .model_file import atomic_write_bytes, fsync_dir, load_model_file, save_model_file
+from .atomic import atomic_write, atomic_write_bytes, fsync_dir
+from .model_file import load_model_file, save_model_file
 
 __all__ = [
     "Checkpoint",
@@ -74,11 +75,6 @@ def _maybe_block(stage: str, step: int) -> None:
             time.sleep(0.05)
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     """Complete-looking `step-N` folders of a run, oldest first, as (step, path)."""
     root = Path(run_dir) / CHECKPOINTS
@@ -122,9 +118,8 @@ def save_checkpoint(
     save_model_file(tmp / "model.safetensors", model, meta)
     _maybe_block("files", step)
     save_model_file(tmp / "ema.safetensors", ema, meta)
-    torch.save(state, tmp / "state.pt")
-    _fsync_file(tmp / "state.pt")
-    fsync_dir(tmp)
+    with atomic_write(tmp / "state.pt") as part:
+        torch.save(state, part)
 
     final = root / f"step-{step}"
     if final.exists():  # saving the same step again (e.g. a stop signal right after a periodic save)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,8 +29,9 @@ from ..models.text_encoder import CLIPTextConfig, CLIPTextModel
 from ..models.unet import UNet, UNetConfig
 from ..models.unet_convert import diffusers_unet_state_dict, unet_config_from_diffusers
 from ..text.clip_tokenizer import CLIPTokenizer
+from .atomic import atomic_write, atomic_write_bytes
 from .checkpoint import detect_format, load_state_dict, read_safetensors_header
-from .model_file import atomic_write_bytes, file_hash, fsync_dir
+from .model_file import file_hash
 from .sd_layout import (
     SD2_CONTEXT,
     TEXT_PREFIX,
@@ -378,20 +378,12 @@ def save_diffusers_folder(
 
 
 def write_safetensors(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, str]) -> None:
-    """Write a .safetensors file atomically (temporary file, fsync, rename), streaming from the tensors.
+    """Write a .safetensors file atomically (`ddpm.io.atomic`), streaming from the tensors.
 
     Keep `metadata` to one entry where files must be byte-reproducible: safetensors writes several in
     hash order."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_write(path) as tmp:
         save_file(dict(tensors), str(tmp), metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)
 
 
 def plain_tensors(sd: Mapping[str, Tensor], dtype: torch.dtype | None = None) -> dict[str, Tensor]:

@@ -33,7 +33,8 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from ..io.checkpoint import load_state_dict
-from ..io.model_file import FORMAT, VERSION, atomic_write_bytes, load_model_file, save_model_file
+from ..io.atomic import atomic_write_bytes
+from ..io.model_file import FORMAT, VERSION, load_model_file, save_model_file
 from .autoencoder import AutoencoderKL, AutoencoderKLConfig
 
 __all__ = [

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..io.images import make_grid, save_png
-from ..io.model_file import atomic_write_bytes
+from ..io.atomic import atomic_write_bytes
 
 __all__ = ["MetricsLog", "FIELDS", "write_preview"]
 

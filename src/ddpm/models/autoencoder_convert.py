@@ -32,8 +32,8 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
-from ..io.checkpoint import load_state_dict
 from ..io.atomic import atomic_write_bytes
+from ..io.checkpoint import load_state_dict
 from ..io.model_file import FORMAT, VERSION, load_model_file, save_model_file
 from .autoencoder import AutoencoderKL, AutoencoderKLConfig
 

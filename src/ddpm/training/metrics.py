@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from ..io.images import make_grid, save_png
 from ..io.atomic import atomic_write_bytes
+from ..io.images import make_grid, save_png
 
 __all__ = ["MetricsLog", "FIELDS", "write_preview"]
 

@@ -89,11 +89,8 @@ class SmallTextEncoder(nn.Module):
         self.position_embedding = nn.Parameter(torch.zeros(c.context_length, c.width))
         self.layers = nn.ModuleList(_Layer(c.width, c.heads, c.mlp_ratio) for _ in range(c.layers))
         self.final_norm = nn.LayerNorm(c.width)
-        # Unit-variance word and position vectors (not GPT-2's 0.02 / 0.01): trained from scratch beside a
-        # UNet, small vectors start every word nearly alike after the layers and the final norm, and words
-        # the UNet cannot use yet never separate. On `shapes` "left" and "right" ended 0.05-0.09 apart
-        # (a colour change: 4.5) and relations stayed at chance; at std 1 they were 0.36 apart after
-        # 3,000 steps and relation accuracy rose from 22-30% to 37-39%.
+        # Unit-variance word and position vectors (not GPT-2's 0.02 / 0.01), so that words the UNet cannot
+        # use yet still start apart (docs/shapes-text-to-image.md, "Text embeddings", has the measurement).
         nn.init.normal_(self.token_embedding.weight, std=1.0)
         nn.init.normal_(self.position_embedding, std=1.0)
 

@@ -1,6 +1,7 @@
 """One-file models: EMA weights in a `.safetensors` file that carries its own config.
 
-The config lives as JSON under the safetensors metadata key "ddpm" (see DESIGN.md, "Model file"):
+The config lives as JSON under the safetensors metadata key "ddpm" (ARCHITECTURE.md, "Files"; the
+fields are `ddpm.io.model_meta.ModelMeta`):
 
     {"format": "ddpm.model", "version": 1, "unet": {...}, "diffusion": {...}, "data": {...},
      "conditioning": {...}, "sampling": {...}, "training": {...}}

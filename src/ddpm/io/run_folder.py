@@ -1,6 +1,6 @@
 """Checkpoints of a run folder, written so that a crash at any instant leaves the last one loadable.
 
-Layout (DESIGN.md, "Run folder"):
+Layout (ARCHITECTURE.md, "Files"):
 
     runs/NAME/checkpoints/step-N/model.safetensors   training weights (a model file: "ddpm" metadata)
                                  ema.safetensors     EMA weights (the same layout; what export ships)

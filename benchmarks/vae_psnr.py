@@ -24,17 +24,13 @@ import time
 
 import torch
 
+from ddpm.data.photos import HELD_OUT_PHOTOS, TRAIN_PHOTOS, face_images, load_photo, photo_crops
 from ddpm.data.transforms import resize, resize_shorter_side, to_signed
 from ddpm.models.autoencoder import AutoencoderKL, AutoencoderKLConfig
 from ddpm.models.autoencoder_convert import save_autoencoder_file
 from ddpm.models.autoencoder_train import (
-    HELD_OUT_PHOTOS,
-    TRAIN_PHOTOS,
     estimate_scaling_factor,
     evaluate_psnr,
-    face_images,
-    load_photo,
-    photo_crops,
     psnr,
     train_autoencoder,
     vae_loss,

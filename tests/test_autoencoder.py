@@ -10,6 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from ddpm.data import load_dataset
+from ddpm.data.photos import HELD_OUT_PHOTOS, TRAIN_PHOTOS, face_images, photo_crops
 from ddpm.models.autoencoder import AutoencoderKL, AutoencoderKLConfig, DiagonalGaussian
 from ddpm.models.autoencoder_convert import (
     SINGLE_FILE_PREFIX,
@@ -24,12 +26,8 @@ from ddpm.models.autoencoder_convert import (
     vae_to_single_file,
 )
 from ddpm.models.autoencoder_train import (
-    HELD_OUT_PHOTOS,
-    TRAIN_PHOTOS,
     estimate_scaling_factor,
     evaluate_psnr,
-    face_images,
-    photo_crops,
     psnr,
     train_autoencoder,
     vae_loss,
@@ -326,6 +324,10 @@ def test_photo_sets_are_real_and_disjoint():
     assert held.shape == (192, 3, 32, 32)
     assert held.min() >= -1 and held.max() <= 1 and held.std() > 0.2
     assert face_images(size=16).shape == (200, 3, 16, 16)
+    # the built-in dataset "photos" serves the same held-out crops (32x32 by default) as its test split
+    assert torch.equal(load_dataset("photos", split="test").as_tensor()[0], held)
+    with pytest.raises(ValueError, match="photos are RGB"):
+        load_dataset("photos", channels=1)
 
 
 def test_psnr_rises_within_a_few_dozen_steps():

@@ -2,8 +2,8 @@
 
 `load_dataset(name_or_path, split=..., image_size=..., flip=..., seed=...)` returns a map-style
 dataset of `{"image": [C, H, W] in [-1, 1], "label": int, "caption": str}` items: a built-in real
-dataset shipped by an installed package ("digits", "faces"; see `builtin.py`), a registered
-generated one ("shapes"), or an image folder (`folder.py`: class sub-folders, caption sidecars,
+dataset shipped by an installed package ("digits", "faces"; see `builtin.py`; "photos", `photos.py`), a
+registered generated one ("shapes"), or an image folder (`folder.py`: class sub-folders, caption sidecars,
 every PIL mode, bad files skipped and reported once).
 """
 

@@ -28,7 +28,8 @@ __all__ = [
 
 _BUILTINS: dict[str, Callable[..., Any]] = {}
 # Built-ins defined in modules of their own, imported on first use: name -> (module, factory attribute).
-_BUILTIN_MODULES = {"shapes": ("ddpm.data.shapes", "shapes_dataset")}
+_BUILTIN_MODULES = {"shapes": ("ddpm.data.shapes", "shapes_dataset"),
+                    "photos": ("ddpm.data.photos", "photos_dataset")}
 # Keywords `load_dataset` passes to every factory itself (so not dataset options).
 
 

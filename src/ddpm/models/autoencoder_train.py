@@ -12,46 +12,29 @@ of the latter, so reconstructions are blurrier than Stable Diffusion's at equal 
 the default: it optimises PSNR directly. On the benchmark's held-out crops (`benchmarks/vae_psnr.py` data,
 a 32-64-64-channel f=4 model, Adam 1e-3, 600 steps of 16) L2 reached 20.8 dB where L1 reached 17.9 dB.
 
-Real photos come from the files scikit-image ships (nothing is downloaded): `TRAIN_PHOTOS` and the faces
-of `lfw_subset` for training, `HELD_OUT_PHOTOS` for measuring. PSNR is on the [0, 1] scale:
-10 log10(1 / MSE).
+The real photos it is measured on are the built-in dataset "photos" (`ddpm.data.photos`). PSNR is on the
+[0, 1] scale: 10 log10(1 / MSE).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.transforms import resize_shorter_side, to_signed
 from .autoencoder import AutoencoderKL
 
 __all__ = [
-    "TRAIN_PHOTOS",
-    "HELD_OUT_PHOTOS",
     "VAELoss",
     "vae_loss",
     "psnr",
-    "load_photo",
-    "photo_crops",
-    "face_images",
     "evaluate_psnr",
     "estimate_scaling_factor",
     "train_autoencoder",
 ]
-
-# Photos shipped inside scikit-image's wheel (file names in skimage/data). motorcycle_right is left out: it
-# is the stereo twin of motorcycle_left, so holding it out would not test generalisation.
-TRAIN_PHOTOS = ("astronaut.png", "camera.png", "coins.png", "moon.png", "brick.png", "grass.png",
-                "gravel.png", "hubble_deep_field.jpg", "ihc.png", "motorcycle_left.png", "rocket.jpg",
-                "retina.jpg")
-HELD_OUT_PHOTOS = ("coffee.png", "chelsea.png")
-
 
 class VAELoss(NamedTuple):
     """The training objective and its parts (all scalars, means over the batch)."""
@@ -92,53 +75,6 @@ def psnr(x: Tensor, y: Tensor) -> Tensor:
     b = (y.float().clamp(-1, 1) + 1) / 2
     mse = (a - b).pow(2).flatten(1).mean(1).clamp_min(1e-12)
     return -10.0 * torch.log10(mse)
-
-
-# ------------------------------------------------------------------------------------------------- data
-def _skimage_file(name: str) -> Path:
-    import skimage.data
-
-    path = Path(skimage.data.__file__).parent / name
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"scikit-image's {name} is missing from this install ({path}); photos are never downloaded at "
-            "run time: reinstall scikit-image from its wheel"
-        )
-    return path
-
-
-def load_photo(name: str) -> Tensor:
-    """A shipped photo as `[3, H, W]` in [0, 1] (grey replicated to RGB)."""
-    from PIL import Image
-
-    with Image.open(_skimage_file(name)) as im:
-        arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-
-
-def photo_crops(names: Sequence[str], *, size: int = 32, shorter_side: int = 256) -> Tensor:
-    """Non-overlapping `size x size` crops `[N, 3, size, size]` in [-1, 1] on a centred grid over each
-    photo, first resized so its shorter side is `shorter_side` pixels (every photo seen at one scale)."""
-    if size < 1 or shorter_side < size:
-        raise ValueError(f"need 1 <= size <= shorter_side; got size={size}, shorter_side={shorter_side}")
-    crops = []
-    for name in names:
-        img = resize_shorter_side(load_photo(name), shorter_side)
-        h, w = img.shape[-2:]
-        top, left = (h % size) // 2, (w % size) // 2
-        grid = img[:, top:top + h // size * size, left:left + w // size * size]
-        # [3, nh*size, nw*size] -> [nh*nw, 3, size, size]
-        tiles = grid.unfold(1, size, size).unfold(2, size, size).permute(1, 2, 0, 3, 4)
-        crops.append(tiles.reshape(-1, 3, size, size))
-    return to_signed(torch.cat(crops)).clamp(-1.0, 1.0).contiguous()  # resizing may round just past 1
-
-
-def face_images(*, size: int = 32) -> Tensor:
-    """The 200 `lfw_subset` crops (faces and backgrounds) as RGB `[200, 3, size, size]` in [-1, 1]."""
-    from ..data.builtin import faces
-
-    images, _ = faces(image_size=size, channels=3).as_tensor()
-    return images
 
 
 # ---------------------------------------------------------------------------------------------- measure

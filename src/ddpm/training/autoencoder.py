@@ -8,9 +8,8 @@
 | L      | `vae_loss`       | L_rec + kl_weight * KL(q(z|x) || N(0, I)) (Rombach et al. 2022, App. G)  |
 | PSNR   | `psnr` column    | held-out PSNR (dB) of the EMA model's posterior-mean reconstructions     |
 
-Data: data.dataset = "photos" means the crops of scikit-image's `TRAIN_PHOTOS` plus the 200 `lfw_subset`
-faces (nothing is downloaded); any other name or folder is read by `ddpm.data.load_dataset` as RGB. The
-held-out set is always the crops of `HELD_OUT_PHOTOS` (coffee, chelsea), never trained on.
+Data: any dataset `ddpm.data.load_dataset` reads, as RGB; "photos" (`ddpm.data.photos`) by default. The
+held-out set is always the crops of `HELD_OUT_PHOTOS` (coffee, chelsea), which "photos" never trains on.
 
 Files: a checkpoint's model files hold the weights under "vae." with the autoencoder config in the "ddpm"
 metadata, so `ema.safetensors` loads with `load_autoencoder_file`. `export_autoencoder` (what
@@ -28,19 +27,12 @@ import torch
 from torch import Tensor
 
 from ..config import Config
+from ..data.photos import HELD_OUT_PHOTOS, photo_crops
 from ..io.images import make_grid, save_png
 from ..io.model_file import FORMAT, VERSION
 from ..models.autoencoder import AutoencoderKL, AutoencoderKLConfig
 from ..models.autoencoder_convert import MODEL_FILE_PREFIX, save_autoencoder_file, vae_from_state_dict
-from ..models.autoencoder_train import (
-    HELD_OUT_PHOTOS,
-    TRAIN_PHOTOS,
-    estimate_scaling_factor,
-    evaluate_psnr,
-    face_images,
-    photo_crops,
-    vae_loss,
-)
+from ..models.autoencoder_train import estimate_scaling_factor, evaluate_psnr, vae_loss
 from .loop import Trainer
 from .metrics import FIELDS
 
@@ -51,10 +43,8 @@ DEFAULT_IMAGE_SIZE = 32
 
 
 def autoencoder_images(dataset: str, *, image_size: int, seed: int = 0) -> Tensor:
-    """Training images `[N, 3, S, S]` in [-1, 1]: "photos" (photo crops and lfw faces) or any dataset
-    name / image folder `ddpm.data.load_dataset` reads, as RGB at `image_size`."""
-    if dataset == PHOTOS:
-        return torch.cat([photo_crops(TRAIN_PHOTOS, size=image_size), face_images(size=image_size)])
+    """Training images `[N, 3, S, S]` in [-1, 1]: the training split of any dataset name ("photos" by
+    default) or image folder `ddpm.data.load_dataset` reads, as RGB at `image_size`."""
     from ..data import load_dataset
 
     images, _ = load_dataset(dataset, split="train", image_size=image_size, channels=3, flip=False,

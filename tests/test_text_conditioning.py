@@ -168,20 +168,15 @@ def test_dropped_captions_get_exactly_the_empty_prompt_states():
 def test_caption_dropout_rate_matches_the_config():
     """The trainer draws the drop mask from its generator: over 20,000 draws at p = 0.1 the rate lies within
     0.01 of p (5 standard deviations of a binomial), and no drops happen when p = 0."""
-    from ddpm.training.loop import Trainer
-
-    class FakeTrainer:
-        _draws = Trainer._draws
+    from ddpm.training import DiffusionTask
 
     for p in (0.1, 0.0):
-        t = FakeTrainer()
-        t.generator = torch.Generator().manual_seed(0)
         opts = ["train.batch_size=20000", "data.condition=text", f"data.cond_drop_prob={p}"]
-        t.config = load_config(None, opts)
+        t = DiffusionTask(load_config(None, opts))
         t.drop_prob = p
         t.shape = (1, 1, 1)
         t.schedule = from_config(t.config.diffusion.schedule_config())
-        drop = t._draws()["drop"]
+        drop = t.draws(torch.Generator().manual_seed(0), parts=1)["drop"]
         if p == 0.0:
             assert drop is None
         else:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-import ddpm.training.loop as loop
+import ddpm.training.tasks.diffusion as diffusion
 from ddpm.config import Config, load_config
-from ddpm.data import TensorImageDataset, register_builtin
+from ddpm.data import TensorImageDataset, load_dataset, register_builtin
 from ddpm.io.model_file import load_model_file
 from ddpm.io.run_folder import latest_checkpoint, load_checkpoint
 from ddpm.training import Trainer, TrainingDiverged, ema_decay_at, export_model, lr_at, train
@@ -94,8 +94,6 @@ class _PlainDigits(Dataset):
 
 
 def _plain_factory(**kw):
-    from ddpm.data import load_dataset
-
     return _PlainDigits(load_dataset("digits", **kw))
 
 
@@ -144,7 +142,7 @@ class _NaNAt:
 
 
 def test_nonfinite_loss_or_gradient_skips_the_step_and_is_counted(tmp_path, monkeypatch):
-    monkeypatch.setattr(loop, "training_loss", _NaNAt({1}, loop.training_loss))
+    monkeypatch.setattr(diffusion, "training_loss", _NaNAt({1}, diffusion.training_loss))
     trainer = Trainer(tiny_config(tmp_path, "n", "train.steps=6", "train.max_nonfinite=2"), progress=False)
     # a finite loss with an infinite gradient at step index 3
     calls = {"n": 0}
@@ -166,7 +164,7 @@ def test_nonfinite_loss_or_gradient_skips_the_step_and_is_counted(tmp_path, monk
 
 
 def test_too_many_nonfinite_steps_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setattr(loop, "training_loss", _NaNAt(range(2, 100), loop.training_loss))
+    monkeypatch.setattr(diffusion, "training_loss", _NaNAt(range(2, 100), diffusion.training_loss))
     cfg = tiny_config(tmp_path, "d", "train.steps=20", "train.checkpoint_every=2", "train.max_nonfinite=3")
     message = r"step 5: 3 consecutive steps .*non-finite.*step-2.*train\.lr"
     with pytest.raises(TrainingDiverged, match=message):
@@ -181,7 +179,7 @@ def test_too_many_nonfinite_steps_stop_the_run_and_keep_the_last_good_checkpoint
 def test_model_fields_follow_the_data_and_conflicts_are_named(tmp_path):
     trainer = Trainer(tiny_config(tmp_path, "c", "data.condition=class", "diffusion.learned_variance=true"),
                       progress=False)
-    uc = trainer.unet_config
+    uc = trainer.task.unet_config
     assert (uc.in_channels, uc.out_channels, uc.num_classes, uc.learned_variance) == (1, 1, 10, True)
     with pytest.raises(ValueError, match=r"model.in_channels = 2 .*1 implied by the dataset"):
         Trainer(tiny_config(tmp_path, "c", "model.in_channels=2"), progress=False)
@@ -221,10 +219,13 @@ def test_loss_goes_down(tmp_path):
 
 
 def test_timestep_sampling_setting_reaches_the_training_draws(tmp_path):
-    uniform = Trainer(tiny_config(tmp_path, "u"), progress=False)._draws()["t"]
-    noisy = Trainer(tiny_config(tmp_path, "n", "diffusion.timestep_sampling=logit_normal",
-                                "diffusion.timestep_loc=4", "diffusion.timestep_scale=0.1"), progress=False)
-    t = noisy._draws()["t"]  # sigmoid(4 +- 0.4) > 0.97: every draw in the last 3% of the 100 steps
+    def t_of(trainer):
+        return trainer.task.draws(trainer.generator, parts=1)["t"]
+
+    uniform = t_of(Trainer(tiny_config(tmp_path, "u"), progress=False))
+    t = t_of(Trainer(tiny_config(tmp_path, "n", "diffusion.timestep_sampling=logit_normal",
+                                 "diffusion.timestep_loc=4", "diffusion.timestep_scale=0.1"), progress=False))
+    # sigmoid(4 +- 0.4) > 0.97: every draw in the last 3% of the 100 steps
     assert int(t.min()) >= 97 and int(uniform.min()) < 97
 
 

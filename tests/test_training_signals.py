@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-import ddpm.training.loop as loop
+import ddpm.training.tasks.diffusion as diffusion
 from ddpm.config import dump_config
 from ddpm.io.run_folder import load_checkpoint
 from ddpm.training import train
@@ -55,7 +55,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
 
 
 def test_ctrl_c_in_process_saves_and_a_second_one_aborts(tmp_path, monkeypatch):
-    real = loop.training_loss
+    real = diffusion.training_loss
     calls = {"n": 0}
 
     def interrupting(*args, **kwargs):
@@ -64,7 +64,7 @@ def test_ctrl_c_in_process_saves_and_a_second_one_aborts(tmp_path, monkeypatch):
             os.kill(os.getpid(), signal.SIGINT)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "training_loss", interrupting)
+    monkeypatch.setattr(diffusion, "training_loss", interrupting)
     run = train(tiny_config(tmp_path, "int", "train.steps=50"), progress=False)
     assert load_checkpoint(run).step == 3 and calls["n"] == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
@@ -74,7 +74,7 @@ def test_ctrl_c_in_process_saves_and_a_second_one_aborts(tmp_path, monkeypatch):
         os.kill(os.getpid(), signal.SIGINT)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "training_loss", twice)
+    monkeypatch.setattr(diffusion, "training_loss", twice)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config(tmp_path, "abort", "train.steps=50"), progress=False)
     assert not (tmp_path / "abort" / "latest").exists()

@@ -1,4 +1,4 @@
-"""`ddpm train` with run.task = "autoencoder": the shared Trainer trains a KL autoencoder (tiny CPU runs)."""
+"""`ddpm train` with run.task = "autoencoder": the one loop trains the autoencoder task (tiny CPU runs)."""
 
 from __future__ import annotations
 
@@ -25,9 +25,8 @@ from ddpm.models.autoencoder_convert import (
     save_vae_folder,
     vae_to_single_file,
 )
-from ddpm.models.autoencoder_train import estimate_scaling_factor
-from ddpm.training import Trainer, export_model, train
-from ddpm.training.autoencoder import AutoencoderTrainer, autoencoder_images
+from ddpm.training import AutoencoderTask, Trainer, export_model, train
+from ddpm.training.tasks.autoencoder import estimate_scaling_factor, training_images
 
 VAE_TOML = Path(__file__).resolve().parents[1] / "configs" / "vae.toml"
 
@@ -69,7 +68,7 @@ def test_ddpm_train_on_the_vae_config_logs_a_rising_held_out_psnr(tmp_path):
     # untrained model sits at 11.4 dB, so a flat or falling curve means the autoencoder is not learning.
     assert psnr[-1] > psnr[0] + 0.3, psnr
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
-    # keep_last, the preview grid and the checkpoint's model file are those of the shared Trainer.
+    # keep_last, the preview grid and the checkpoint's model file are those of the shared loop.
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-30", "step-40"]
     assert (run / "samples" / "step-20.png").is_file() and (run / "samples" / "step-40.png").is_file()
     model, meta = load_autoencoder_file(run / "checkpoints" / "step-40" / "ema.safetensors")
@@ -79,7 +78,7 @@ def test_ddpm_train_on_the_vae_config_logs_a_rising_held_out_psnr(tmp_path):
 
 def test_trainer_dispatches_on_run_task(tmp_path):
     trainer = Trainer(tiny_config(tmp_path, "a"), progress=False)
-    assert isinstance(trainer, AutoencoderTrainer)
+    assert isinstance(trainer.task, AutoencoderTask)
     assert isinstance(trainer.module, AutoencoderKL)
     assert trainer.dataset.as_tensor()[0].shape[1:] == (3, 8, 8)
     assert trainer.optimizer.param_groups[0]["betas"] == (0.9, 0.99)  # train.adam_betas of configs/vae.toml
@@ -113,8 +112,9 @@ def test_the_posterior_draw_comes_from_the_step_draws_so_the_resume_test_can_fai
     # global RNG (not checkpointed) or ignored it would not be covered by the bit-exact resume check.
     trainer = Trainer(tiny_config(tmp_path, "a", "autoencoder.kl_weight=1.0"), progress=False)
     batch = {"image": trainer.dataset.as_tensor()[0][:8]}
-    loss = [trainer._micro_loss(batch, {"flip": None, "seeds": torch.tensor([s])}, slice(0, 8), 0).item()
-            for s in (1, 1, 2)]
+    draws = [{"flip": None, "seeds": torch.tensor([s])} for s in (1, 1, 2)]
+    loss = [trainer.task.loss(trainer.forward, batch, d, rows=slice(0, 8), part=0, autocast=trainer.autocast)
+            .item() for d in draws]
     assert loss[0] == loss[1] != loss[2]
     trainer.env.close()
 
@@ -126,7 +126,7 @@ def test_export_writes_a_loadable_autoencoder_with_its_scaling_factor(tmp_path):
     ema = load_checkpoint(run).ema
     for k, v in model.state_dict().items():
         assert torch.equal(v, ema["vae." + k])
-    images = autoencoder_images("photos", image_size=8)
+    images = training_images("photos", image_size=8)
     expected = estimate_scaling_factor(model, images)  # the factor does not change the raw latents
     assert model.config.scaling_factor == pytest.approx(expected, rel=1e-6)
     assert model.config.scaling_factor != 1.0

@@ -36,7 +36,7 @@ __all__ = [
 @dataclass
 class RunConfig:
     """Where the run lives: `dir/name/`, and what it trains: "diffusion" (a UNet, [model] and [diffusion])
-    or "autoencoder" (a KL autoencoder, [autoencoder]; see `ddpm.training.autoencoder`)."""
+    or "autoencoder" (a KL autoencoder, [autoencoder]; see `ddpm.training.tasks.autoencoder`)."""
 
     name: str = "run"
     dir: str = "runs"
@@ -228,7 +228,7 @@ class TextConfig:
 class AutoencoderTrainConfig:
     """The KL autoencoder of run.task = "autoencoder": the architecture fields of
     `ddpm.models.AutoencoderKLConfig` (defaults: its `small()` preset, f = 4) and the objective
-    L_rec + kl_weight * KL of `ddpm.models.autoencoder_train.vae_loss` (LDM, Rombach et al. 2022, App. G).
+    L_rec + kl_weight * KL of `ddpm.training.tasks.autoencoder.vae_loss` (LDM, Rombach et al. 2022, App. G).
     The latent scaling factor is not set here: `ddpm export` estimates it from the training images."""
 
     latent_channels: int = 4

@@ -1,22 +1,37 @@
-"""ddpm.training: one readable training loop with EMA, atomic full-state checkpoints, exact resume and DDP.
+"""ddpm.training: one training loop for every task, with EMA, atomic full-state checkpoints, exact resume
+and DDP; what a run trains is a task object (`tasks/`) picked by run.task.
 
-`train(config, *, resume=None, progress=True) -> Path` is the entry point (`ddpm train`); `export_model`
-writes a run's EMA weights as one model file (`ddpm export`).
+`train(config, *, resume=None, progress=True, stop_after=None) -> Path` is the entry point (`ddpm train`);
+`export_model` writes a run's EMA weights as one model file (`ddpm export`). A new task subclasses `Task`
+and is registered with `register_task` (ARCHITECTURE.md).
 """
 
 from .ema import EMA, ema_decay_at
-from .export import export_model, model_meta
-from .loop import DiffusionModule, Trainer, TrainingDiverged, lr_at, resolve_unet_config, train
+from .export import export_model
+from .loop import Trainer, TrainingDiverged, lr_at, train
+from .tasks import (
+    AutoencoderTask,
+    DiffusionModule,
+    DiffusionTask,
+    Task,
+    make_task,
+    register_task,
+    resolve_unet_config,
+)
 
 __all__ = [
     "train",
     "Trainer",
     "TrainingDiverged",
+    "Task",
+    "DiffusionTask",
+    "AutoencoderTask",
+    "make_task",
+    "register_task",
     "DiffusionModule",
     "resolve_unet_config",
     "lr_at",
     "EMA",
     "ema_decay_at",
     "export_model",
-    "model_meta",
 ]

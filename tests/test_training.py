@@ -9,12 +9,26 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
+import ddpm.config.run as config_run
+import ddpm.training.tasks as tasks
 import ddpm.training.tasks.diffusion as diffusion
-from ddpm.config import Config, load_config
+from ddpm.config import TASKS, Config, load_config
 from ddpm.data import TensorImageDataset, load_dataset, register_builtin
+from ddpm.io.images import make_grid, save_png
 from ddpm.io.model_file import load_model_file
+from ddpm.io.model_meta import ModelMeta, TrainingMeta
 from ddpm.io.run_folder import latest_checkpoint, load_checkpoint
-from ddpm.training import Trainer, TrainingDiverged, ema_decay_at, export_model, lr_at, train
+from ddpm.training import (
+    Task,
+    Trainer,
+    TrainingDiverged,
+    ema_decay_at,
+    export_model,
+    lr_at,
+    make_task,
+    register_task,
+    train,
+)
 
 # A ~30k-parameter UNet on 8x8 digits: a training step takes a few milliseconds on one core.
 TINY = [
@@ -249,3 +263,65 @@ def test_bf16_autocast_trains_like_float32(tmp_path):
     for a, b in zip(rows["no"], rows["bf16"]):
         assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=0.03)
         assert math.isfinite(float(b["grad_norm"]))
+
+
+# ------------------------------------------------------------------------------------------ tasks
+class _Denoise(Task):
+    """A task the loop has never heard of: one 3x3 convolution learns to take noise off 8x8 digits."""
+
+    name = "denoise_for_tests"
+    metric_fields = ("weight_norm",)
+
+    def build(self):
+        dataset = load_dataset("digits", image_size=8, seed=self.config.train.seed)
+        torch.manual_seed(self.config.train.seed)
+        return dataset, torch.nn.Conv2d(1, 1, 3, padding=1)
+
+    def draws(self, generator, *, parts):
+        return {"noise": 0.3 * torch.randn(self.config.train.batch_size, 1, 8, 8, generator=generator)}
+
+    def loss(self, forward, batch, draws, *, rows, part, autocast):
+        x = batch["image"]
+        with autocast():
+            return (forward(x + draws["noise"][rows]) - x).pow(2).mean()
+
+    def meta(self, *, step):
+        training = TrainingMeta(step=step, run=self.config.run.name, task=self.name)
+        return ModelMeta(autoencoder={"layers": "one 3x3 convolution"}).with_sections(training=training)
+
+    def preview(self, module, path, *, step, device, autocast):
+        return save_png(path, make_grid(module.weight.detach().clamp(-1, 1), nrow=1))
+
+    def metrics(self, module):
+        return {"weight_norm": float(module.weight.norm())}
+
+
+def test_the_task_factory_refuses_an_unknown_task_or_a_class_that_is_no_task(tmp_path):
+    assert set(tasks.TASKS) == set(TASKS)  # every run.task a config accepts has its task, and no other
+    cfg = tiny_config(tmp_path, "x")
+    cfg.run.task = "gan"
+    with pytest.raises(ValueError, match=r"run.task = 'gan' has no training task registered \(known: "
+                       r"autoencoder, diffusion\).*register_task"):
+        make_task(cfg)
+    with pytest.raises(TypeError, match="subclass of ddpm.training.Task"):
+        register_task("gan", object)
+    with pytest.raises(ValueError, match="'diffusion' is already registered"):
+        register_task("diffusion", _Denoise)
+
+
+def test_a_registered_task_trains_resumes_and_exports_through_the_unchanged_loop(tmp_path, monkeypatch):
+    monkeypatch.setattr(tasks, "TASKS", dict(tasks.TASKS))
+    monkeypatch.setattr(config_run, "TASKS", (*TASKS, _Denoise.name))  # what a new task adds to choices.py
+    register_task(_Denoise.name, _Denoise)
+    opts = [f"run.task={_Denoise.name}", "train.steps=4", "train.grad_accum=2", "train.sample_every=2",
+            "train.checkpoint_every=0", "train.lr=1e-2"]
+    straight = train(tiny_config(tmp_path, "straight", *opts), progress=False)
+    resumed = train(tiny_config(tmp_path, "resumed", *opts), progress=False, stop_after=2)
+    assert load_checkpoint(resumed).step == 2
+    train(None, resume=resumed, progress=False)
+    assert_same_checkpoint(load_checkpoint(straight), load_checkpoint(resumed))
+    columns = lambda run: [(r["step"], r["loss"], r["weight_norm"]) for r in metrics(run)]  # noqa: E731
+    assert columns(resumed) == columns(straight) and [c[0] for c in columns(resumed)] == ["1", "2", "3", "4"]
+    assert (resumed / "samples" / "step-4.png").is_file()
+    tensors, meta = load_model_file(export_model(resumed, tmp_path / "denoise.safetensors"))
+    assert sorted(tensors) == ["bias", "weight"] and meta["training"]["task"] == _Denoise.name

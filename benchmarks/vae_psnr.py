@@ -25,8 +25,8 @@ import time
 import torch
 
 from ddpm.data.transforms import resize, resize_shorter_side, to_signed
+from ddpm.io.vae_files import save_autoencoder_file
 from ddpm.models.autoencoder import AutoencoderKL, AutoencoderKLConfig
-from ddpm.models.autoencoder_convert import save_autoencoder_file
 from ddpm.models.autoencoder_train import (
     HELD_OUT_PHOTOS,
     TRAIN_PHOTOS,

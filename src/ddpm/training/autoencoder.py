@@ -29,9 +29,10 @@ from torch import Tensor
 
 from ..config import Config
 from ..io.images import make_grid, save_png
+from ..io.keymaps import MODEL_FILE
 from ..io.model_file import FORMAT, VERSION
+from ..io.vae_files import save_autoencoder_file, vae_from_state_dict
 from ..models.autoencoder import AutoencoderKL, AutoencoderKLConfig
-from ..models.autoencoder_convert import MODEL_FILE_PREFIX, save_autoencoder_file, vae_from_state_dict
 from ..models.autoencoder_train import (
     HELD_OUT_PHOTOS,
     TRAIN_PHOTOS,
@@ -122,10 +123,10 @@ class AutoencoderTrainer(Trainer):
 
     # ----------------------------------------------------------------------------------- outputs
     def _to_file(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {MODEL_FILE_PREFIX + k: v for k, v in state.items()}
+        return {MODEL_FILE.vae + k: v for k, v in state.items()}
 
     def _from_file(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {k[len(MODEL_FILE_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_FILE_PREFIX)}
+        return {k[len(MODEL_FILE.vae):]: v for k, v in tensors.items() if k.startswith(MODEL_FILE.vae)}
 
     def _meta(self) -> dict[str, Any]:
         cfg = self.config
@@ -165,7 +166,7 @@ def export_autoencoder(tensors: dict[str, Tensor], meta: dict[str, Any], out: st
     """Write a run's autoencoder as one model file `out` (`load_autoencoder_file` reads it), its
     `scaling_factor` estimated on the run's training images (1 / std of their latents, LDM §4.3.2)."""
     config = AutoencoderKLConfig.from_dict(meta["autoencoder"])
-    sd = {k[len(MODEL_FILE_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_FILE_PREFIX)}
+    sd = {k[len(MODEL_FILE.vae):]: v for k, v in tensors.items() if k.startswith(MODEL_FILE.vae)}
     model = vae_from_state_dict(sd, config)
     data = meta.get("data") or {}
     images = autoencoder_images(data.get("dataset", PHOTOS), image_size=int(data.get("image_size", 32)),

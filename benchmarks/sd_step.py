@@ -32,7 +32,8 @@ from typing import Any
 
 import torch
 
-from ddpm.io.sd_layout import unet_config_to_diffusers, unet_to_diffusers
+from ddpm.io.diffusers_configs import unet_config_to_diffusers
+from ddpm.io.keymaps import unet_to_diffusers
 from ddpm.models.unet import UNet, UNetConfig
 
 CONTEXT = 768

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ddpm.io.keymaps import diffusers_unet_state_dict
 from ddpm.models import UNet, UNetConfig
-from ddpm.models.unet_convert import diffusers_unet_state_dict
 
 
 def diffusers_kwargs(cfg: UNetConfig) -> dict[str, Any]:

@@ -30,8 +30,8 @@ from torch import Tensor
 
 from ddpm.data.photos import HELD_OUT_PHOTOS, TRAIN_PHOTOS, face_images, load_photo, photo_crops
 from ddpm.data.transforms import resize, resize_shorter_side, to_signed
+from ddpm.io.vae_files import save_autoencoder_file
 from ddpm.models.autoencoder import AutoencoderKL, AutoencoderKLConfig
-from ddpm.models.autoencoder_convert import save_autoencoder_file
 from ddpm.training.tasks.autoencoder import estimate_scaling_factor, evaluate_psnr, psnr, vae_loss
 
 

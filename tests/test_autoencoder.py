@@ -12,19 +12,22 @@ from safetensors.torch import save_file
 
 from ddpm.data import load_dataset
 from ddpm.data.photos import HELD_OUT_PHOTOS, TRAIN_PHOTOS, face_images, photo_crops
-from ddpm.models.autoencoder import AutoencoderKL, AutoencoderKLConfig, DiagonalGaussian
-from ddpm.models.autoencoder_convert import (
-    SINGLE_FILE_PREFIX,
+from ddpm.io.diffusers_configs import vae_config_from_diffusers
+from ddpm.io.keymaps import (
+    SINGLE_FILE,
+    strip_prefix,
+    vae_from_diffusers,
+    vae_to_diffusers,
+    vae_to_single_file,
+)
+from ddpm.io.vae_files import (
     load_autoencoder_file,
     load_vae_folder,
     load_vae_single_file,
     save_autoencoder_file,
     save_vae_folder,
-    vae_config_from_diffusers,
-    vae_from_diffusers,
-    vae_to_diffusers,
-    vae_to_single_file,
 )
+from ddpm.models.autoencoder import AutoencoderKL, AutoencoderKLConfig, DiagonalGaussian
 from ddpm.training.tasks.autoencoder import psnr, vae_loss
 
 KEYS_JSON = Path(__file__).parent / "data" / "sd15_single_file_keys.json"
@@ -42,8 +45,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 # ------------------------------------------------------------------------------------------------ layout
 def test_sd15_state_dict_is_the_single_file_layout():
     data = json.loads(KEYS_JSON.read_text())
-    ref = {k[len(SINGLE_FILE_PREFIX):]: tuple(v) for k, v in data["keys"].items()
-           if k.startswith(SINGLE_FILE_PREFIX)}
+    ref = {k: tuple(v) for k, v in strip_prefix(data["keys"], SINGLE_FILE.vae).items()}
     with torch.device("meta"):
         model = AutoencoderKL(AutoencoderKLConfig.sd15())
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -244,7 +246,7 @@ def test_single_file_route_matches(tmp_path):
     save_file(single, str(path))
     _compare(load_vae_single_file(path, config=config).eval(), ref)
     # a VAE-only file: the same keys without the prefix, plus its training-loss weights
-    bare = {k[len(SINGLE_FILE_PREFIX):]: v for k, v in single.items() if k.startswith(SINGLE_FILE_PREFIX)}
+    bare = strip_prefix(single, SINGLE_FILE.vae)
     bare["loss.logvar"] = torch.zeros(())
     loaded = load_vae_single_file(bare, config=config).eval()
     _compare(loaded, ref)

@@ -11,8 +11,8 @@ from safetensors import safe_open
 
 from ddpm.cli import main
 from ddpm.io.checkpoint import load_state_dict, read_safetensors_header
+from ddpm.io.keymaps import SINGLE_FILE, ema_key
 from ddpm.io.sd import load_stable_diffusion
-from ddpm.io.sd_layout import TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX, ema_key
 from ddpm.models.autoencoder import AutoencoderKL, AutoencoderKLConfig
 from ddpm.models.text_encoder import CLIPTextConfig, CLIPTextModel
 from ddpm.models.unet import UNet, UNetConfig
@@ -26,10 +26,10 @@ def ckpt(tmp_path_factory):
                            num_res_blocks=1, attention_resolutions=(1,), num_heads=8, context_dim=64))
     vae = AutoencoderKL(AutoencoderKLConfig(base_channels=32, channel_mult=(1, 2), num_res_blocks=1))
     text = CLIPTextModel(CLIPTextConfig(vocab_size=1000, width=64, layers=1, heads=1, intermediate=128))
-    sd = {UNET_PREFIX + k: v for k, v in unet.state_dict().items()}
+    sd = {SINGLE_FILE.unet + k: v for k, v in unet.state_dict().items()}
     sd.update({ema_key(k): torch.randn_like(v) for k, v in unet.state_dict().items()})
-    sd.update({VAE_PREFIX + k: v for k, v in vae.state_dict().items()})
-    sd.update({TEXT_PREFIX + k: v for k, v in text.state_dict().items()})
+    sd.update({SINGLE_FILE.vae + k: v for k, v in vae.state_dict().items()})
+    sd.update({SINGLE_FILE.text_encoder + k: v for k, v in text.state_dict().items()})
     sd["alphas_cumprod"] = torch.linspace(0.99, 0.01, 1000)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
     torch.save({"state_dict": sd, "global_step": 10}, path)
@@ -52,13 +52,13 @@ def test_ckpt_to_safetensors_copies_every_tensor(ckpt, tmp_path, capsys):
     assert got.keys() == sd.keys() and all(torch.equal(got[k], sd[k]) for k in sd)
     code, _, _ = _run(capsys, "convert", path, tmp_path / "half.safetensors", "--half")
     with safe_open(str(tmp_path / "half.safetensors"), framework="pt") as f:
-        assert f.get_tensor(UNET_PREFIX + "out.2.weight").dtype == torch.float16
+        assert f.get_tensor(SINGLE_FILE.unet + "out.2.weight").dtype == torch.float16
     # A float16 source stays float16 through a model conversion (loaded as float32 in between).
     assert _run(capsys, "convert", tmp_path / "half.safetensors", tmp_path / "half_folder")[0] == 0
     assert _run(capsys, "convert", tmp_path / "half_folder", tmp_path / "half2.safetensors")[0] == 0
     first = load_state_dict(tmp_path / "half.safetensors")
     second = load_state_dict(tmp_path / "half2.safetensors")
-    key = UNET_PREFIX + "out.2.weight"
+    key = SINGLE_FILE.unet + "out.2.weight"
     assert second[key].dtype == torch.float16 and torch.equal(second[key], first[ema_key("out.2.weight")])
 
 
@@ -74,7 +74,7 @@ def test_single_file_to_folder_and_back_round_trips_bit_for_bit(ckpt, tmp_path, 
     models = load_stable_diffusion(tmp_path / "b.safetensors")
     # The model conversions keep the EMA weights of the UNet, which the .ckpt preferred.
     assert torch.equal(models.unet.out[2].weight, sd[ema_key("out.2.weight")])
-    assert torch.equal(models.vae.decoder.conv_out.weight, sd[VAE_PREFIX + "decoder.conv_out.weight"])
+    assert torch.equal(models.vae.decoder.conv_out.weight, sd[SINGLE_FILE.vae + "decoder.conv_out.weight"])
 
 
 def test_prediction_and_no_ema_are_recorded(ckpt, tmp_path, capsys):
@@ -84,7 +84,7 @@ def test_prediction_and_no_ema_are_recorded(ckpt, tmp_path, capsys):
     assert '"prediction": "v"' in read_safetensors_header(out)["__metadata__"]["ddpm.scheduler"]
     models = load_stable_diffusion(out)
     assert models.scheduler.prediction == "v"
-    assert torch.equal(models.unet.out[2].weight, sd[UNET_PREFIX + "out.2.weight"])
+    assert torch.equal(models.unet.out[2].weight, sd[SINGLE_FILE.unet + "out.2.weight"])
 
 
 def _one_line_error(result, *fragments):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ddpm.models.autoencoder_convert import load_autoencoder_file
+from ddpm.io.vae_files import load_autoencoder_file
 from ddpm.pipelines import DiffusionPipeline, TextToImagePipeline
 
 LEGACY = Path(__file__).resolve().parent / "data" / "legacy"

@@ -21,13 +21,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ddpm.io.checkpoint import load_state_dict
+from ddpm.io.keymaps import SINGLE_FILE, ema_key, strip_prefix
 from ddpm.io.sd import load_stable_diffusion, save_diffusers_folder, save_single_file, single_file_state_dict
 from ddpm.io.sd_layout import (
-    TEXT_PREFIX,
-    UNET_PREFIX,
-    VAE_PREFIX,
     SchedulerConfig,
-    ema_key,
     infer_text_config,
     infer_unet_config,
     infer_vae_config,
@@ -196,15 +193,15 @@ def _ldm_checkpoint(models) -> dict[str, torch.Tensor]:
     text keys without `text_model.` plus a `position_ids` buffer, schedule buffers."""
     sd = {}
     for k, v in models.unet.state_dict().items():
-        sd[UNET_PREFIX + k] = v + 1.0  # the non-EMA weights differ
+        sd[SINGLE_FILE.unet + k] = v + 1.0  # the non-EMA weights differ
         sd[ema_key(k)] = v.clone()
     sd["model_ema.decay"], sd["model_ema.num_updates"] = torch.tensor(0.9999), torch.tensor(1000)
     for k, v in models.vae.state_dict().items():
         linear = ".attn_1." in k and k.endswith(".weight") and v.ndim == 4
-        sd[VAE_PREFIX + k] = v[:, :, 0, 0].clone() if linear else v.clone()
+        sd[SINGLE_FILE.vae + k] = v[:, :, 0, 0].clone() if linear else v.clone()
     for k, v in models.text_encoder.state_dict().items():
-        sd[TEXT_PREFIX + k.removeprefix("text_model.")] = v.clone()
-    sd[TEXT_PREFIX + "embeddings.position_ids"] = torch.arange(77)[None]
+        sd[SINGLE_FILE.text_encoder + k.removeprefix("text_model.")] = v.clone()
+    sd[SINGLE_FILE.text_encoder + "embeddings.position_ids"] = torch.arange(77)[None]
     sd["betas"] = models.scheduler.schedule().betas.float()
     return sd
 
@@ -255,12 +252,11 @@ def test_full_size_sd15_single_file_layout_matches_key_list():
     assert len(expected) == 1130
     assert {k: tuple(v.shape) for k, v in sd.items()} == expected
     # And the configs read back from those shapes are the SD 1.5 presets.
-    strip = {p: {k[len(p):]: v for k, v in sd.items() if k.startswith(p)} for p in (UNET_PREFIX, VAE_PREFIX,
-                                                                                  TEXT_PREFIX)}
-    assert infer_unet_config(strip[UNET_PREFIX]) == UNetConfig.sd15()
-    assert infer_vae_config(strip[VAE_PREFIX]) == AutoencoderKLConfig.sd15()
-    assert infer_text_config(strip[TEXT_PREFIX]) == CLIPTextConfig()
-    inpainting = {**strip[UNET_PREFIX], "input_blocks.0.0.weight": torch.empty(320, 9, 3, 3, device="meta")}
+    unet_sd, vae_sd, text_sd = (strip_prefix(sd, p) for p in SINGLE_FILE)
+    assert infer_unet_config(unet_sd) == UNetConfig.sd15()
+    assert infer_vae_config(vae_sd) == AutoencoderKLConfig.sd15()
+    assert infer_text_config(text_sd) == CLIPTextConfig()
+    inpainting = {**unet_sd, "input_blocks.0.0.weight": torch.empty(320, 9, 3, 3, device="meta")}
     assert infer_unet_config(inpainting) == UNetConfig.sd15_inpainting()
 
 
@@ -284,8 +280,8 @@ def _save(tmp_path, sd, name="x.safetensors"):
          "cross-attention width 1024: this is an SD 2.x checkpoint, which is not supported yet"),
         (lambda sd: {**sd, "conditioner.embedders.0.transformer.x": torch.zeros(1)}, "SDXL"),
         (lambda sd: {"lora_unet_down_blocks_0_attentions_0.lora_down.weight": torch.zeros(4, 8)}, "LoRA"),
-        (lambda sd: {k[len(VAE_PREFIX):]: v for k, v in sd.items() if k.startswith(VAE_PREFIX)}, "VAE-only"),
-        (lambda sd: {k: v for k, v in sd.items() if not k.startswith(VAE_PREFIX)}, "the VAE is missing"),
+        (lambda sd: strip_prefix(sd, SINGLE_FILE.vae), "VAE-only"),
+        (lambda sd: {k: v for k, v in sd.items() if not k.startswith(SINGLE_FILE.vae)}, "the VAE is missing"),
         (lambda sd: {"string_to_param.*": torch.zeros(1, 768)}, "textual-inversion embedding"),
         (lambda sd: {**sd, "cond_stage_model.model.transformer.resblocks.0.ln_1.weight": torch.ones(4)},
          "OpenCLIP"),
@@ -328,9 +324,12 @@ def test_sd2_and_sdxl_folders_are_refused(reference, tmp_path):
 def test_full_size_sd15_folder_layout_matches_the_reference_libraries():
     """Our diffusers configs and key maps at full size build the same parameter set in diffusers and
     transformers (all on the meta device)."""
-    from ddpm.io.sd_layout import unet_config_to_diffusers, unet_to_diffusers
-    from ddpm.models.autoencoder_convert import vae_config_to_diffusers, vae_to_diffusers
-    from ddpm.models.unet_convert import unet_config_from_diffusers
+    from ddpm.io.diffusers_configs import (
+        unet_config_from_diffusers,
+        unet_config_to_diffusers,
+        vae_config_to_diffusers,
+    )
+    from ddpm.io.keymaps import unet_to_diffusers, vae_to_diffusers
 
     with torch.device("meta"):
         unet, vae, text = UNet(UNetConfig.sd15()), AutoencoderKL(AutoencoderKLConfig.sd15()), CLIPTextModel()

@@ -11,12 +11,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ddpm.io.keymaps import SINGLE_FILE, strip_prefix
 from ddpm.models.text_encoder import CLIPTextConfig, CLIPTextModel
 
 transformers = pytest.importorskip("transformers")
 
 KEYS_JSON = Path(__file__).parent / "data" / "sd15_single_file_keys.json"
-SD_PREFIX = "cond_stage_model.transformer."
 
 
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -27,7 +27,7 @@ def test_sd15_layout_keys_shapes_and_parameter_count():
     with torch.device("meta"):
         model = CLIPTextModel(CLIPTextConfig())
     data = json.loads(KEYS_JSON.read_text())
-    expected = {k[len(SD_PREFIX) :]: v for k, v in data["keys"].items() if k.startswith(SD_PREFIX)}
+    expected = strip_prefix(data["keys"], SINGLE_FILE.text_encoder)
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
     assert ours == expected
     assert model.num_parameters() == data["params"]["text_encoder"] == 123_060_480

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
+from ddpm.io.keymaps import SINGLE_FILE, strip_prefix
 from ddpm.models import UNet, UNetConfig
 from ddpm.models.unet import _coordinates
 
 KEYS_JSON = Path(__file__).parent / "data" / "sd15_single_file_keys.json"
-PREFIX = "model.diffusion_model."
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -51,7 +51,7 @@ def test_ddpm_cifar10_parameter_count():
 
 def test_sd15_keys_shapes_and_count_match_single_file_layout():
     ref_all = json.loads(KEYS_JSON.read_text())
-    ref = {k[len(PREFIX):]: tuple(v) for k, v in ref_all["keys"].items() if k.startswith(PREFIX)}
+    ref = {k: tuple(v) for k, v in strip_prefix(ref_all["keys"], SINGLE_FILE.unet).items()}
     with torch.device("meta"):
         unet = UNet(UNetConfig.sd15())
     ours = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
@@ -332,7 +332,7 @@ def _diffusers_randomized(model: nn.Module) -> nn.Module:
 def test_parity_with_diffusers_unet2d_condition_model(kwargs):
     from diffusers import UNet2DConditionModel
 
-    from ddpm.models.unet_convert import unet_from_diffusers
+    from ddpm.io.diffusers_configs import unet_from_diffusers
 
     torch.manual_seed(0)
     ref = _diffusers_randomized(
@@ -353,7 +353,7 @@ def test_parity_with_diffusers_unet2d_condition_model(kwargs):
 def test_parity_with_diffusers_unet2d_model_adm_options():
     from diffusers import UNet2DModel
 
-    from ddpm.models.unet_convert import unet_from_diffusers
+    from ddpm.io.diffusers_configs import unet_from_diffusers
 
     ref = _diffusers_randomized(
         UNet2DModel(
@@ -379,7 +379,7 @@ def test_parity_with_diffusers_unet2d_model_adm_options():
 
 
 def test_diffusers_sd_configs_translate_to_our_presets():
-    from ddpm.models.unet_convert import unet_config_from_diffusers
+    from ddpm.io.diffusers_configs import unet_config_from_diffusers
 
     sd15 = {  # the fields of runwayml/stable-diffusion-v1-5 unet/config.json
         "act_fn": "silu", "attention_head_dim": 8, "block_out_channels": [320, 640, 1280, 1280],
@@ -404,7 +404,8 @@ def test_diffusers_sd_configs_translate_to_our_presets():
 def test_full_size_sd15_diffusers_layout_maps_onto_ours():
     from diffusers import UNet2DConditionModel
 
-    from ddpm.models.unet_convert import diffusers_unet_state_dict, unet_config_from_diffusers
+    from ddpm.io.diffusers_configs import unet_config_from_diffusers
+    from ddpm.io.keymaps import diffusers_unet_state_dict
 
     with torch.device("meta"):
         ref = UNet2DConditionModel(cross_attention_dim=768)  # the SD 1.x architecture, on no memory
@@ -416,7 +417,7 @@ def test_full_size_sd15_diffusers_layout_maps_onto_ours():
 
 
 def test_diffusers_state_dict_with_foreign_keys_is_rejected():
-    from ddpm.models.unet_convert import diffusers_unet_state_dict
+    from ddpm.io.keymaps import diffusers_unet_state_dict
 
     cfg = tiny(context_dim=4)
     with pytest.raises(ValueError, match="add_embedding"):

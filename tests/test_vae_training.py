@@ -16,15 +16,10 @@ from safetensors.torch import save_file
 from ddpm.cli import main
 from ddpm.config import dump_config, load_config
 from ddpm.io.checkpoint import UnsafeCheckpointError
+from ddpm.io.keymaps import vae_to_single_file
 from ddpm.io.run_folder import load_checkpoint
+from ddpm.io.vae_files import load_autoencoder_file, load_vae_folder, load_vae_single_file, save_vae_folder
 from ddpm.models.autoencoder import AutoencoderKL, AutoencoderKLConfig
-from ddpm.models.autoencoder_convert import (
-    load_autoencoder_file,
-    load_vae_folder,
-    load_vae_single_file,
-    save_vae_folder,
-    vae_to_single_file,
-)
 from ddpm.training import AutoencoderTask, Trainer, export_model, train
 from ddpm.training.tasks.autoencoder import estimate_scaling_factor, training_images
 

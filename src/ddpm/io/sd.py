@@ -1,7 +1,8 @@
 """Stable Diffusion 1.x checkpoints into our modules and back: the original single file (`.ckpt` or
 `.safetensors`) and the diffusers folder (`model_index.json`, `unet/`, `vae/`, `text_encoder/`,
-`tokenizer/`, `scheduler/`). The format is found by content (`ddpm.io.checkpoint`); layouts and the
-reading of configs from shapes live in `ddpm.io.sd_layout`.
+`tokenizer/`, `scheduler/`). The format is found by content (`ddpm.io.checkpoint`), keys are renamed by
+`ddpm.io.keymaps`, configs translated by `ddpm.io.diffusers_configs` and read from shapes by
+`ddpm.io.sd_layout`.
 """
 
 from __future__ import annotations
@@ -19,33 +20,37 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..models.autoencoder import AutoencoderKL, AutoencoderKLConfig
-from ..models.autoencoder_convert import (
-    vae_config_from_diffusers,
-    vae_config_to_diffusers,
-    vae_from_diffusers,
-    vae_to_diffusers,
-)
 from ..models.text_encoder import CLIPTextConfig, CLIPTextModel
 from ..models.unet import UNet, UNetConfig
-from ..models.unet_convert import diffusers_unet_state_dict, unet_config_from_diffusers
 from ..text.clip_tokenizer import CLIPTokenizer
 from .atomic import atomic_write, atomic_write_bytes
 from .checkpoint import detect_format, load_state_dict, read_safetensors_header
+from .diffusers_configs import (
+    unet_config_from_diffusers,
+    unet_config_to_diffusers,
+    vae_config_from_diffusers,
+    vae_config_to_diffusers,
+)
+from .keymaps import (
+    SINGLE_FILE,
+    diffusers_unet_state_dict,
+    ema_key,
+    strip_prefix,
+    text_keys,
+    unet_to_diffusers,
+    vae_conv_attention,
+    vae_from_diffusers,
+    vae_to_diffusers,
+)
 from .model_file import file_hash
 from .sd_layout import (
     SD2_CONTEXT,
-    TEXT_PREFIX,
-    UNET_PREFIX,
-    VAE_PREFIX,
     SchedulerConfig,
-    ema_key,
     foreign_checkpoint_cause,
     infer_text_config,
     infer_unet_config,
     infer_vae_config,
     mismatch_error,
-    unet_config_to_diffusers,
-    unet_to_diffusers,
 )
 
 __all__ = [
@@ -135,13 +140,14 @@ def _load_single_file(
     cause = foreign_checkpoint_cause(list(raw))
     if cause is not None:
         raise ValueError(f"{path} is not a Stable Diffusion 1.x checkpoint: {cause}")
-    unet_sd = _strip(raw, UNET_PREFIX)
+    unet_sd = strip_prefix(raw, SINGLE_FILE.unet)
     if prefer_ema:
         unet_sd = _ema_weights(unet_sd, raw, source=str(path))
-    vae_sd = {k: v for k, v in _strip(raw, VAE_PREFIX).items() if not k.startswith("loss.")}
-    text_sd = _text_keys(_strip(raw, TEXT_PREFIX))
+    vae_sd = {k: v for k, v in strip_prefix(raw, SINGLE_FILE.vae).items() if not k.startswith("loss.")}
+    text_sd = text_keys(strip_prefix(raw, SINGLE_FILE.text_encoder))
     source = str(path)
-    for component, sd, prefix in (("VAE", vae_sd, VAE_PREFIX), ("text encoder", text_sd, TEXT_PREFIX)):
+    parts = {"VAE": (vae_sd, SINGLE_FILE.vae), "text encoder": (text_sd, SINGLE_FILE.text_encoder)}
+    for component, (sd, prefix) in parts.items():
         if not sd:
             raise ValueError(f"{source}: the {component} is missing from this checkpoint (no `{prefix}*` "
                              "keys). Use a full SD 1.x checkpoint or a diffusers folder.")
@@ -157,7 +163,7 @@ def _load_single_file(
     kw = dict(dtype=dtype, device=device, source=source)
     return StableDiffusionModels(
         unet=_build(UNet, unet_config, unet_sd, "UNet", **kw),
-        vae=_build(AutoencoderKL, vae_config, _vae_linear_to_conv(vae_sd), "VAE", **kw),
+        vae=_build(AutoencoderKL, vae_config, vae_conv_attention(vae_sd), "VAE", **kw),
         text_encoder=_build(CLIPTextModel, text_config, text_sd, "text encoder", **kw),
         tokenizer=CLIPTokenizer.from_bpe_file(),
         scheduler=scheduler,
@@ -198,7 +204,7 @@ def _load_folder(
     unet_raw, vae_raw, text_raw = (load_state_dict(f, nonfinite=nonfinite) for f in files)
     unet_sd = _convert(diffusers_unet_state_dict, unet_raw, unet_config, "UNet", files[0])
     vae_sd = _convert(lambda sd, _: vae_from_diffusers(sd), vae_raw, vae_config, "VAE", files[1])
-    text_sd = _text_keys(text_raw)
+    text_sd = text_keys(text_raw)
     if (root / "tokenizer" / "vocab.json").is_file():
         tokenizer = CLIPTokenizer.from_folder(root / "tokenizer")
     else:
@@ -211,7 +217,7 @@ def _load_folder(
     kw = dict(dtype=dtype, device=device, source=source)
     return StableDiffusionModels(
         unet=_build(UNet, unet_config, unet_sd, "UNet", **kw),
-        vae=_build(AutoencoderKL, vae_config, _vae_linear_to_conv(vae_sd), "VAE", **kw),
+        vae=_build(AutoencoderKL, vae_config, vae_sd, "VAE", **kw),
         text_encoder=_build(CLIPTextModel, text_config, text_sd, "text encoder", **kw),
         tokenizer=tokenizer,
         scheduler=scheduler,
@@ -222,11 +228,6 @@ def _load_folder(
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def _strip(sd: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    n = len(prefix)
-    return {k[n:]: v for k, v in sd.items() if k.startswith(prefix)}
-
-
 def _ema_weights(unet_sd: dict[str, Tensor], raw: Mapping[str, Tensor], *, source: str) -> dict[str, Tensor]:
     """The UNet's EMA weights (`model_ema.diffusion_model…`, dots removed) if the file has all of them."""
     names = {k: ema_key(k) for k in unet_sd}
@@ -247,22 +248,6 @@ def _stored_dtype(sd: Mapping[str, Tensor]) -> torch.dtype:
         if v.is_floating_point():
             counts[v.dtype] = counts.get(v.dtype, 0) + v.numel()
     return max(counts, key=counts.__getitem__) if counts else torch.float32
-
-
-def _text_keys(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Text-encoder keys with the `text_model.` level (older writers omit it), without `position_ids`."""
-    out = {}
-    for k, v in sd.items():
-        key = k if k.startswith("text_model.") else "text_model." + k
-        if key != "text_model.embeddings.position_ids":
-            out[key] = v
-    return out
-
-
-def _vae_linear_to_conv(sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Some single files store the VAE attention projections as Linear `[C, C]`; ours are 1x1 convs."""
-    return {k: v[:, :, None, None] if ".attn_1." in k and k.split(".")[-2] != "norm" and v.ndim == 2 else v
-            for k, v in sd.items()}
 
 
 def _infer(fn: Any, sd: Mapping[str, Tensor], component: str, source: str) -> Any:
@@ -318,10 +303,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------- writing
 def single_file_state_dict(unet: UNet, vae: AutoencoderKL, text_encoder: CLIPTextModel) -> dict[str, Tensor]:
     """The SD 1.x single-file layout of the three modules' weights (works on the meta device too)."""
-    out = {UNET_PREFIX + k: v for k, v in unet.state_dict().items()}
-    out.update({VAE_PREFIX + k: v for k, v in vae.state_dict().items()})
-    out.update({TEXT_PREFIX + k: v for k, v in text_encoder.state_dict().items()})
-    return out
+    parts = {SINGLE_FILE.unet: unet, SINGLE_FILE.vae: vae, SINGLE_FILE.text_encoder: text_encoder}
+    return {prefix + k: v for prefix, m in parts.items() for k, v in m.state_dict().items()}
 
 
 def save_single_file(

@@ -1,12 +1,7 @@
 """The Stable Diffusion 1.x checkpoint layouts: configs read off tensor shapes, readable key-mismatch errors,
-our UNet back to the diffusers layout, and the scheduler settings SD 1.x ships with.
-
-| single-file prefix               | component    | our module (keys = file keys minus the prefix) |
-| -------------------------------- | ------------ | ---------------------------------------------- |
-| `model.diffusion_model.`         | latent UNet  | `ddpm.models.UNet`                             |
-| `first_stage_model.`             | autoencoder  | `ddpm.models.autoencoder.AutoencoderKL`         |
-| `cond_stage_model.transformer.`  | CLIP text    | `ddpm.models.text_encoder.CLIPTextModel`       |
-| `model_ema.diffusion_model…`     | UNet EMA     | UNet keys with their dots removed               |
+and the scheduler settings SD 1.x ships with. A single file holds our UNet, VAE and text-encoder keys under
+the `ddpm.io.keymaps.SINGLE_FILE` prefixes (`model.diffusion_model.`, `first_stage_model.`,
+`cond_stage_model.transformer.`), the UNet's EMA copy under `model_ema.diffusion_model` with dots removed.
 
 A single file holds no config, so the UNet, VAE and text-encoder configs are read from tensor shapes; what
 shapes cannot show takes the SD 1.x value (8 attention heads in the UNet, 64-wide text heads, 32 groups
@@ -27,28 +22,17 @@ from ..config.base import DictConfig
 from ..models.autoencoder import AutoencoderKLConfig
 from ..models.text_encoder import CLIPTextConfig
 from ..models.unet import UNetConfig
-from ..models.unet_convert import RESNET_LEAVES, prefix_map
+from .keymaps import SINGLE_FILE, VAE_MODULES
 
 __all__ = [
-    "UNET_PREFIX",
-    "VAE_PREFIX",
-    "TEXT_PREFIX",
-    "EMA_PREFIX",
     "SchedulerConfig",
     "infer_unet_config",
     "infer_vae_config",
     "infer_text_config",
-    "ema_key",
     "foreign_checkpoint_cause",
     "mismatch_error",
-    "unet_config_to_diffusers",
-    "unet_to_diffusers",
 ]
 
-UNET_PREFIX = "model.diffusion_model."
-VAE_PREFIX = "first_stage_model."
-TEXT_PREFIX = "cond_stage_model.transformer."
-EMA_PREFIX = "model_ema.diffusion_model"
 SD2_CONTEXT = 1024
 SD1_CONTEXT = 768
 
@@ -229,11 +213,6 @@ def infer_text_config(sd: Mapping[str, Tensor]) -> CLIPTextConfig:
     )
 
 
-def ema_key(key: str) -> str:
-    """The name an LDM checkpoint gives the EMA copy of UNet parameter `key` (our name): dots removed."""
-    return EMA_PREFIX + key.replace(".", "")
-
-
 # ------------------------------------------------------------------------------------------ diagnosis
 def foreign_checkpoint_cause(keys: list[str]) -> str | None:
     """Why a file whose keys are `keys` is not an SD 1.x checkpoint, or None when it may be one."""
@@ -245,7 +224,7 @@ def foreign_checkpoint_cause(keys: list[str]) -> str | None:
     if some(lambda k: k.startswith("cond_stage_model.model.")):
         return ("its text encoder is OpenCLIP (`cond_stage_model.model.`): this is an SD 2.x checkpoint, "
                 "which is not supported yet")
-    if some(lambda k: k.startswith(UNET_PREFIX)):
+    if some(lambda k: k.startswith(SINGLE_FILE.unet)):
         return None
     if some(lambda k: "lora_" in k or ".lora." in k or k.endswith(".alpha")):
         return ("it holds LoRA weights (`lora_` keys): a LoRA is a small add-on to a base model, not a full "
@@ -255,13 +234,13 @@ def foreign_checkpoint_cause(keys: list[str]) -> str | None:
     if some(lambda k: "down_blocks." in k or k.startswith("mid_block.")):
         return ("its keys are in the diffusers layout (`down_blocks.*`): it is one component of a diffusers "
                 "folder; load the whole folder instead")
-    if keys and all(k.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv.", "loss."))
+    if keys and all(k.startswith((*VAE_MODULES, "loss."))
                     for k in keys):
         return ("it holds only autoencoder weights (`encoder.*`, `decoder.*`): a VAE-only file, not a full "
-                "checkpoint; load it with ddpm.models.autoencoder_convert.load_vae_single_file")
+                "checkpoint; load it with ddpm.io.vae_files.load_vae_single_file")
     if some(lambda k: k.startswith(("text_model.", "encoder.layers.", "embeddings."))):
         return "it holds only a text encoder, not a full checkpoint"
-    return (f"it has no `{UNET_PREFIX}*` keys, so it is not a Stable Diffusion checkpoint "
+    return (f"it has no `{SINGLE_FILE.unet}*` keys, so it is not a Stable Diffusion checkpoint "
             f"(its first keys: {keys[:3]})")
 
 
@@ -319,74 +298,3 @@ def _likely_cause(
                 "without an explicit config so the shapes are read from the file.")
     return ("Parts of the model are absent or extra: the file is incomplete, from a different model "
             "version, or damaged.")
-
-
-# ------------------------------------------------------------------------------- UNet -> diffusers layout
-def unet_config_to_diffusers(config: UNetConfig) -> dict[str, Any]:
-    """The diffusers `UNet2DConditionModel` `config.json` for a cross-attention UNet config of ours."""
-    c = config
-    if c.context_dim is None or c.num_classes is not None or c.learned_variance or c.resblock_updown \
-            or c.use_scale_shift_norm or not c.conv_resample:
-        raise ValueError("only latent text-conditioned UNets (context_dim set, no classes, no learned "
-                         "variance, plain ResBlocks) have a UNet2DConditionModel layout")
-    levels = len(c.channel_mult)
-    attn = [2**i in c.attention_resolutions for i in range(levels)]
-    widths = [c.model_channels * m for m in c.channel_mult]
-    if c.num_head_channels is None:
-        heads: int | list[int] = c.num_heads
-    else:
-        heads = [w // c.num_head_channels for w in widths]
-    return {
-        "_class_name": "UNet2DConditionModel",
-        "sample_size": 64,
-        "in_channels": c.in_channels,
-        "out_channels": c.out_channels,
-        "center_input_sample": False,
-        "flip_sin_to_cos": c.flip_sin_to_cos,
-        "freq_shift": int(c.freq_shift) if float(c.freq_shift).is_integer() else c.freq_shift,
-        "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn],
-        "mid_block_type": "UNetMidBlock2DCrossAttn",
-        "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
-        "only_cross_attention": False,
-        "block_out_channels": widths,
-        "layers_per_block": c.num_res_blocks,
-        "downsample_padding": 1,
-        "mid_block_scale_factor": 1,
-        "dropout": c.dropout,
-        "act_fn": "silu",
-        "norm_num_groups": c.norm_groups,
-        "norm_eps": c.norm_eps,
-        "cross_attention_dim": c.context_dim,
-        "transformer_layers_per_block": c.transformer_depth,
-        "attention_head_dim": heads,
-        "use_linear_projection": c.use_linear_projection,
-    }
-
-
-def unet_to_diffusers(state_dict: Mapping[str, Tensor], config: UNetConfig) -> dict[str, Tensor]:
-    """Our UNet state dict -> diffusers `UNet2DConditionModel` names (the inverse of
-    `unet_convert.diffusers_unet_state_dict` for cross-attention UNets)."""
-    prefixes = {ours: theirs for theirs, ours in prefix_map(config).items()}
-    resnet = {ours: theirs for theirs, ours in RESNET_LEAVES.items()}
-    out: dict[str, Tensor] = {}
-    unknown = []
-    for key, value in state_dict.items():
-        parts = key.split(".")
-        for cut in range(len(parts) - 1, 0, -1):
-            head = ".".join(parts[:cut])
-            if head in prefixes:
-                break
-        else:
-            unknown.append(key)
-            continue
-        theirs, leaf = prefixes[head], ".".join(parts[cut:])
-        if ".resnets." in theirs:
-            module, _, param = leaf.rpartition(".")
-            if module not in resnet:
-                unknown.append(key)
-                continue
-            leaf = f"{resnet[module]}.{param}"
-        out[f"{theirs}.{leaf}"] = value
-    if unknown:
-        raise ValueError(f"UNet keys with no place in the diffusers layout: {unknown[:8]}")
-    return out

@@ -10,7 +10,7 @@
 
 `encode` returns the scaled latents a latent diffusion model works on; `decode` takes them back to images.
 Parameter names are the LDM single-file names (see `autoencoder_blocks`), so a Stable Diffusion checkpoint
-loads by stripping `first_stage_model.` (`autoencoder_convert`); the SD 1.5 config has 83,653,863
+loads by stripping `first_stage_model.` (`ddpm.io.keymaps`); the SD 1.5 config has 83,653,863
 parameters. Large images can be decoded in overlapping tiles blended linearly, which bounds activation
 memory by the tile size; GroupNorm statistics are then per tile, so the result is close to, not equal to,
 a whole-image decode.

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ddpm.models.autoencoder_convert import load_autoencoder_file
+from ddpm.io.vae_files import load_autoencoder_file
 from ddpm.pipelines import DiffusionPipeline, TextToImagePipeline
 from ddpm.training import export_model, train
 from test_training import tiny_config

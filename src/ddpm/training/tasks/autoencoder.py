@@ -32,9 +32,10 @@ from torch import Tensor, nn
 
 from ...data.photos import HELD_OUT_PHOTOS, PHOTO_SIZE, photo_crops
 from ...io.images import make_grid, save_png
+from ...io.keymaps import MODEL_FILE
 from ...io.model_meta import DataMeta, ModelMeta, TrainingMeta
+from ...io.vae_files import save_autoencoder_file, vae_from_state_dict
 from ...models.autoencoder import AutoencoderKL, AutoencoderKLConfig
-from ...models.autoencoder_convert import MODEL_FILE_PREFIX, save_autoencoder_file, vae_from_state_dict
 from .base import Autocast, Task, file_meta
 
 __all__ = ["AutoencoderTask", "VAELoss", "vae_loss", "psnr", "evaluate_psnr", "estimate_scaling_factor",
@@ -117,7 +118,7 @@ def training_images(dataset: str, *, image_size: int, seed: int = 0) -> Tensor:
 
 
 def _unprefixed(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {k[len(MODEL_FILE_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_FILE_PREFIX)}
+    return {k[len(MODEL_FILE.vae):]: v for k, v in tensors.items() if k.startswith(MODEL_FILE.vae)}
 
 
 class AutoencoderTask(Task):
@@ -183,7 +184,7 @@ class AutoencoderTask(Task):
 
     # ----------------------------------------------------------------------------------- outputs
     def to_file(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {MODEL_FILE_PREFIX + k: v for k, v in state.items()}
+        return {MODEL_FILE.vae + k: v for k, v in state.items()}
 
     def from_file(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
         return _unprefixed(tensors)

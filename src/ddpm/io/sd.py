@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
@@ -383,7 +384,10 @@ def write_safetensors(path: Path, tensors: Mapping[str, Tensor], metadata: dict[
     Keep `metadata` to one entry where files must be byte-reproducible: safetensors writes several in
     hash order."""
     with atomic_write(path) as tmp:
-        save_file(dict(tensors), str(tmp), metadata=metadata)
+        try:
+            save_file(dict(tensors), str(tmp), metadata=metadata)
+        except SafetensorError as e:  # an unwritable folder or a full disk, in safetensors' own error type
+            raise OSError(f"could not write {path}: {e}") from e
 
 
 def plain_tensors(sd: Mapping[str, Tensor], dtype: torch.dtype | None = None) -> dict[str, Tensor]:

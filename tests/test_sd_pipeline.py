@@ -428,6 +428,13 @@ def test_bad_inputs_are_explained(pipe, call, match):
         call(pipe)
 
 
+def test_txt2img_defaults_to_the_size_the_model_was_trained_at(pipe, pipe_single):
+    """The UNet's sample size (16) times the VAE factor (2), from the folder and from the single file."""
+    assert pipe.default_size == pipe_single.default_size == SIZE
+    assert pipe_single.txt2img("x", steps=1, seed=0).images.shape == (1, 3, SIZE, SIZE)
+    assert pipe.txt2img("x", steps=1, seed=0, width=SIZE + 8).images.shape == (1, 3, SIZE, SIZE + 8)
+
+
 def test_fp16_vae_nan_is_retried_in_fp32(pipe, monkeypatch):
     latents = _latents(1)
     original = {k: v.clone() for k, v in pipe.vae.state_dict().items()}

@@ -121,7 +121,6 @@ def _malicious_files(tmp_path: Path, marker: Path) -> list[Path]:
     return files
 
 
-@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on the protocol-4 files
 def test_code_carrying_pickles_are_refused_and_never_run(tmp_path):
     marker = tmp_path / "PWNED"
     control = tmp_path / "control"

@@ -305,11 +305,14 @@ def load_pickle(path: str | Path, *, fix: str = "download it again") -> Any:
 
 def _torch_load(path: Path, *, mmap: bool) -> Any:
     """torch.load(weights_only=True) of `path`; through a file object where the name ends in .safetensors,
-    since torch.load would then hand the file to safetensors by its name, not its content."""
-    if path.suffix == ".safetensors":
-        with open(path, "rb") as f:
-            return torch.load(f, map_location="cpu", weights_only=True)
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    since torch.load would then hand the file to safetensors by its name, not its content. torch's note on
+    pickle protocols it did not write is dropped: such a file loads, or is refused with its own message."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        if path.suffix == ".safetensors":
+            with open(path, "rb") as f:
+                return torch.load(f, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def _allow(names: list[str], allowed: dict[str, type], path: Path) -> None:

@@ -79,7 +79,7 @@ def test_user_errors_are_one_line_with_status_2(capsys, tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("hello")
     code, _, err = _run(capsys, "sample", "--model", str(notes), "--out", str(tmp_path / "o"))
-    _assert_one_line_error(code, err, "sample", "not a .safetensors model file")
+    _assert_one_line_error(code, err, "sample", "neither a ddpm model", "5 bytes long, too short")
 
     code, _, err = _run(capsys, "eval", "--model", str(tmp_path), "--metric", "fd,nope")
     _assert_one_line_error(code, err, "eval", "unknown metric nope", "accuracy, fd, bpd")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import pytest
 from hypothesis import given, settings
@@ -125,3 +126,11 @@ def test_config_to_dict_is_plain():
     d = config_to_dict(Config())
     assert d["model"]["channel_mult"] == [1, 2, 2, 2] and d["data"]["image_size"] is None
     assert config_from_dict(d) == Config()
+
+
+def test_a_warmup_longer_than_the_run_warns_with_the_peak_it_reaches():
+    with pytest.warns(UserWarning, match=r"warmup_steps \(500\) exceeds train.steps \(100\).* peaks at 20%"):
+        load_config(None, ["train.steps=100", "train.warmup_steps=500"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config(None, ["train.steps=500", "train.warmup_steps=500"])

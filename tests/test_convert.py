@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -12,10 +13,18 @@ from safetensors import safe_open
 from ddpm.cli import main
 from ddpm.io.checkpoint import load_state_dict, read_safetensors_header
 from ddpm.io.keymaps import SINGLE_FILE, ema_key
-from ddpm.io.sd import load_stable_diffusion
+from ddpm.io.sd import (
+    SETTINGS_META_KEY,
+    StableDiffusionModels,
+    load_stable_diffusion,
+    save_diffusers_folder,
+    save_single_file,
+)
+from ddpm.io.sd_layout import SchedulerConfig
 from ddpm.models.autoencoder import AutoencoderKL, AutoencoderKLConfig
 from ddpm.models.text_encoder import CLIPTextConfig, CLIPTextModel
 from ddpm.models.unet import UNet, UNetConfig
+from ddpm.text import CLIPTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +94,47 @@ def test_prediction_and_no_ema_are_recorded(ckpt, tmp_path, capsys):
     models = load_stable_diffusion(out)
     assert models.scheduler.prediction == "v"
     assert torch.equal(models.unet.out[2].weight, sd[SINGLE_FILE.unet + "out.2.weight"])
+
+
+def _models(*, text_width: int, text_heads: int, unet_head_channels: int | None = None):
+    """A tiny SD model; with the defaults, one whose configs its single file's shapes show in full."""
+    torch.manual_seed(1)
+    unet = UNet(UNetConfig(in_channels=4, out_channels=4, model_channels=32, channel_mult=(1, 2),
+                           num_res_blocks=1, attention_resolutions=(1,), num_heads=8, context_dim=text_width,
+                           num_head_channels=unet_head_channels))
+    vae = AutoencoderKL(AutoencoderKLConfig(base_channels=32, channel_mult=(1, 2), num_res_blocks=1))
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=1000, width=text_width, layers=1, heads=text_heads,
+                                        intermediate=64, pad_token_id=999))
+    return StableDiffusionModels(unet, vae, text, CLIPTokenizer.from_bpe_file(), SchedulerConfig(), "", "")
+
+
+def test_configs_the_shapes_cannot_show_travel_in_the_single_file(tmp_path, capsys):
+    """A text encoder 32 wide with 4 heads (CLIP's are 64 wide), UNet heads of 16 channels and a sample size
+    of 16: the single file records them, so it loads back as the model it came from and converts on."""
+    save_diffusers_folder(_models(text_width=32, text_heads=4, unet_head_channels=16), tmp_path / "folder")
+    (tmp_path / "folder" / "unet" / "config.json").write_text(json.dumps(
+        {**json.loads((tmp_path / "folder" / "unet" / "config.json").read_text()), "sample_size": 16}))
+    models = load_stable_diffusion(tmp_path / "folder")
+    assert models.sample_size == 16
+    assert _run(capsys, "convert", tmp_path / "folder", tmp_path / "one.safetensors")[0] == 0
+    meta = read_safetensors_header(tmp_path / "one.safetensors")["__metadata__"]
+    assert set(meta) == {SETTINGS_META_KEY}  # one entry: the file stays byte-reproducible
+    assert set(json.loads(meta[SETTINGS_META_KEY])) == {"scheduler", "sample_size", "unet", "text_encoder"}
+    back = load_stable_diffusion(tmp_path / "one.safetensors")
+    assert back.text_config == models.text_config and back.unet_config == models.unet_config
+    assert back.vae_config == models.vae_config and back.sample_size == 16
+    assert _run(capsys, "convert", tmp_path / "one.safetensors", "--to", "folder", tmp_path / "two")[0] == 0
+    again = load_stable_diffusion(tmp_path / "two")
+    assert again.text_config == models.text_config and again.sample_size == 16
+    for name, p in models.text_encoder.state_dict().items():
+        assert torch.equal(again.text_encoder.state_dict()[name], p), name
+
+
+def test_a_model_the_shapes_describe_keeps_the_plain_scheduler_entry(tmp_path):
+    models = _models(text_width=64, text_heads=1)
+    save_single_file(models, tmp_path / "plain.safetensors")
+    assert set(read_safetensors_header(tmp_path / "plain.safetensors")["__metadata__"]) == {"ddpm.scheduler"}
+    assert load_stable_diffusion(tmp_path / "plain.safetensors").text_config == models.text_config
 
 
 def _one_line_error(result, *fragments):

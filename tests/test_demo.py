@@ -80,13 +80,16 @@ def test_demo_stops_when_training_is_interrupted_and_resumes_next_time(
 
     real_train = ddpm.training.train
 
-    def interrupted(config, **kwargs):  # what SIGTERM does: a checkpoint, then a normal return
-        return real_train(config, **kwargs, stop_after=2)
+    def interrupted(config, **kwargs):  # what SIGTERM does: a checkpoint, then TrainingInterrupted
+        run = real_train(config, **kwargs, stop_after=2)
+        raise ddpm.training.TrainingInterrupted("SIGTERM", step=2, run_dir=run)
 
     out = tmp_path / "demo"
     monkeypatch.setattr(ddpm.training, "train", interrupted)
-    assert main(["demo", "--out", str(out), *TINY]) == 130
-    assert "training stopped at step 2 of 4; run the same command to resume" in capsys.readouterr().out
+    assert main(["demo", "--out", str(out), *TINY]) == 143
+    err = capsys.readouterr().err
+    assert "ddpm demo: interrupted: stopped by SIGTERM at step 2" in err
+    assert "Continue with the same `ddpm demo` command" in err
     assert not (out / "samples.png").exists()
 
     monkeypatch.setattr(ddpm.training, "train", real_train)

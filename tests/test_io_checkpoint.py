@@ -121,7 +121,6 @@ def _malicious_files(tmp_path: Path, marker: Path) -> list[Path]:
     return files
 
 
-@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on the protocol-4 files
 def test_code_carrying_pickles_are_refused_and_never_run(tmp_path):
     marker = tmp_path / "PWNED"
     control = tmp_path / "control"
@@ -136,6 +135,8 @@ def test_code_carrying_pickles_are_refused_and_never_run(tmp_path):
         with pytest.raises(UnsafeCheckpointError, match="refused") as info:
             load_state_dict(path)
         assert "nothing in it ran" in str(info.value) and "get a .safetensors version" in str(info.value)
+        # a file that calls os.system or exec is called malicious and gets no way to load it anyway
+        assert "looks malicious" in str(info.value) and "weights_only=False" not in str(info.value)
         with pytest.raises(UnsafeCheckpointError):
             load_stable_diffusion(path)
     assert not marker.exists()
@@ -163,9 +164,20 @@ def test_pickle_that_only_the_restricted_unpickler_refuses_is_not_retried(tmp_pa
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(torch, "load", spy)
-    with pytest.raises(UnsafeCheckpointError, match=r"mylib\.Thing"):
+    with pytest.raises(UnsafeCheckpointError, match=r"mylib\.Thing") as info:
         load_state_dict(tmp_path / "x.ckpt")
     assert seen and all(flag is True for flag in seen)
+    # nothing in it looks malicious: the refusal says how to convert it where it is trusted
+    assert "looks malicious" not in str(info.value) and "weights_only=False" in str(info.value)
+
+
+def test_a_pickled_module_gets_the_conversion_hint_not_a_malware_warning(tmp_path):
+    """A whole pickled nn.Module (legacy practice) references torch classes only: benign, so it is refused
+    with the conversion hint."""
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")
+    with pytest.raises(UnsafeCheckpointError, match="torch.nn.modules.linear.Linear") as info:
+        load_state_dict(tmp_path / "module.pt")
+    assert "looks malicious" not in str(info.value) and "weights_only=False" in str(info.value)
 
 
 # ------------------------------------------------------------------------------------ damaged files
@@ -185,6 +197,10 @@ def test_truncated_files_are_reported(tmp_path):
     (tmp_path / "tiny.ckpt").write_bytes(b"PK\x03")
     with pytest.raises(ValueError, match="too short"):
         load_state_dict(tmp_path / "tiny.ckpt")
+    for size in (0, 7, 9):  # shorter than the length field, or than it and "{}"
+        (tmp_path / "short.safetensors").write_bytes(b"\x02\0\0\0\0\0\0\0{}"[:size])
+        with pytest.raises(ValueError, match=f"is {size} bytes long, too short for a safetensors file"):
+            read_safetensors_header(tmp_path / "short.safetensors")
 
 
 @pytest.mark.parametrize(

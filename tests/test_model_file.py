@@ -134,3 +134,9 @@ def test_atomic_writes_follow_the_umask_and_leave_nothing_on_error(tmp_path):
         raise RuntimeError("crash mid-write")
     assert read_model_meta(path)["training"]["step"] == 3  # the old file is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "private.bin"]
+
+
+def test_an_unwritable_destination_is_an_oserror_naming_it():
+    """/proc takes no new files, even from root; safetensors' own error type becomes an OSError."""
+    with pytest.raises(OSError, match="could not write /proc/m.safetensors"):
+        save_model_file("/proc/m.safetensors", {"a": torch.ones(1)}, _meta())

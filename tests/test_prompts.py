@@ -6,6 +6,8 @@ Weights and chunk boundaries are checked against hand-computed expectations: the
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -21,8 +23,26 @@ def tok():
 
 @pytest.fixture(scope="module")
 def encoder():
+    """A random encoder whose states have a clearly non-zero mean, as trained CLIP's do (a freshly built
+    final LayerNorm, weight 1 and bias 0, would make every token's mean 0 and the rescale meaningless)."""
     torch.manual_seed(0)
-    return CLIPTextModel(CLIPTextConfig(width=32, layers=2, heads=2, intermediate=64)).eval()
+    model = CLIPTextModel(CLIPTextConfig(width=32, layers=2, heads=2, intermediate=64)).eval()
+    with torch.no_grad():
+        model.text_model.final_layer_norm.bias.normal_(0.5, 0.5)
+    return model
+
+
+class _Shifted(torch.nn.Module):
+    """`encoder`'s states minus their chunk mean (`zero=False`), or all zero: encoders whose mean is 0."""
+
+    def __init__(self, encoder, *, zero: bool):
+        super().__init__()
+        self.encoder, self.zero = encoder, zero
+
+    def forward(self, ids, clip_skip=0):
+        states = self.encoder(ids, clip_skip=clip_skip).last_hidden_state
+        states = states * 0 if self.zero else states - states.mean(dim=(1, 2), keepdim=True)
+        return types.SimpleNamespace(last_hidden_state=states)
 
 
 @pytest.mark.parametrize(
@@ -143,6 +163,18 @@ def test_weighting_rescales_to_the_unweighted_mean(tok, encoder):
     ratio = weighted[0] / plain[0]
     others = torch.cat([ratio[:2], ratio[3:]]).flatten()
     torch.testing.assert_close(others, others[:1].expand_as(others), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("zero", [True, False], ids=["all-zero", "zero-mean"])
+def test_weighting_an_encoder_with_mean_zero_keeps_the_weighted_states(tok, encoder, zero):
+    """A chunk mean of 0 has no ratio to restore (0/0 = NaN, or noise / noise): the weighted states stay."""
+    shifted = _Shifted(encoder, zero=zero)
+    prompt = "a (red:1.8) car " + " ".join(f"w{i}" for i in range(30))  # long: more than one chunk
+    plain, _ = encode_prompts(shifted, tok, [prompt.replace("(red:1.8)", "red")])
+    weighted, chunks = encode_prompts(shifted, tok, [prompt])
+    assert chunks[0].num_chunks > 1 and bool(torch.isfinite(weighted).all())
+    w = torch.cat(list(chunks[0].weights))
+    torch.testing.assert_close(weighted[0], plain[0] * w[:, None], rtol=1e-5, atol=1e-6)
 
 
 def test_chunks_encode_separately_and_concatenate(tok, encoder):

@@ -15,7 +15,9 @@ import copy
 import gzip
 import json
 import math
+import struct
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -426,6 +428,27 @@ def test_any_image_mode_and_size_is_resized(pipe):
 def test_bad_inputs_are_explained(pipe, call, match):
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         call(pipe)
+
+
+def bomb_png(path: Path, side: int = 20000) -> Path:
+    """A PNG header claiming side x side pixels (the data never comes: PIL judges the size on opening)."""
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
+                     + struct.pack(">I", zlib.crc32(chunk)) + b"\0\0\0\0IEND\xaeB`\x82")
+    return path
+
+
+def test_a_decompression_bomb_is_a_value_error(pipe, tmp_path):
+    with pytest.raises(ValueError, match="too large to read as an image .*exceeds limit"):
+        pipe.img2img(bomb_png(tmp_path / "bomb.png"), "x")
+
+
+def test_txt2img_defaults_to_the_size_the_model_was_trained_at(pipe, pipe_single):
+    """The UNet's sample size (16) times the VAE factor (2), from the folder and from the single file."""
+    assert pipe.default_size == pipe_single.default_size == SIZE
+    assert pipe_single.txt2img("x", steps=1, seed=0).images.shape == (1, 3, SIZE, SIZE)
+    assert pipe.txt2img("x", steps=1, seed=0, width=SIZE + 8).images.shape == (1, 3, SIZE, SIZE + 8)
 
 
 def test_fp16_vae_nan_is_retried_in_fp32(pipe, monkeypatch):

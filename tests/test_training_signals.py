@@ -1,4 +1,5 @@
-"""SIGTERM / Ctrl-C: finish the current step, save a checkpoint, exit cleanly."""
+"""SIGTERM / Ctrl-C: finish the current step, save a checkpoint, raise TrainingInterrupted (its exit code
+the shell's: 143 / 130)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 import ddpm.training.tasks.diffusion as diffusion
 from ddpm.config import dump_config
 from ddpm.io.run_folder import load_checkpoint
-from ddpm.training import train
+from ddpm.training import TrainingInterrupted, train
 from test_training import tiny_config
 
 
@@ -32,9 +33,14 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     config_file = tmp_path / "term.toml"
     config_file.write_text(dump_config(cfg))
     script = textwrap.dedent(f"""
+        import sys
         from ddpm.config import load_config
-        from ddpm.training import train
-        train(load_config({str(config_file)!r}), progress=False)
+        from ddpm.training import TrainingInterrupted, train
+        try:
+            train(load_config({str(config_file)!r}), progress=False)
+        except TrainingInterrupted as stop:
+            print(stop)
+            sys.exit(stop.exit_code)
         print("returned normally")
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -47,8 +53,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     out = out.decode()
-    assert proc.returncode == 0, out
-    assert "returned normally" in out and "stopped by SIGTERM" in out and "--resume" in out
+    assert proc.returncode == 143, out
+    assert "returned normally" not in out and "stopped by SIGTERM" in out and "--resume" in out
     ck = load_checkpoint(tmp_path / "term")
     assert ck.step >= 3 and f"at step {ck.step};" in out
     assert _rows(metrics) == ck.step  # log_every=1: one row per finished step, the last one included
@@ -65,8 +71,10 @@ def test_ctrl_c_in_process_saves_and_a_second_one_aborts(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(diffusion, "training_loss", interrupting)
-    run = train(tiny_config(tmp_path, "int", "train.steps=50"), progress=False)
-    assert load_checkpoint(run).step == 3 and calls["n"] == 3
+    with pytest.raises(TrainingInterrupted, match="stopped by SIGINT at step 3") as stop:
+        train(tiny_config(tmp_path, "int", "train.steps=50"), progress=False)
+    assert stop.value.exit_code == 130 and stop.value.step == 3 and stop.value.run_dir == tmp_path / "int"
+    assert load_checkpoint(tmp_path / "int").step == 3 and calls["n"] == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
 
     def twice(*args, **kwargs):

@@ -8,10 +8,19 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
-from ._common import non_negative_int, positive_int
+from . import UsageError
+from ._common import (
+    check_out_folder,
+    finite_float,
+    model_kind,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+)
 
 __all__ = ["add_sd_arguments", "is_sd_model", "parse_size", "run_sd", "run_sd_txt2img"]
 
@@ -38,7 +47,7 @@ def add_sd_arguments(parser: argparse.ArgumentParser, *, image: bool = False, ma
     if image:
         parser.add_argument("--image", required=True, help="the input image (any mode and size)")
         default = 1.0 if mask else 0.75
-        parser.add_argument("--strength", type=float, default=default,
+        parser.add_argument("--strength", type=finite_float, default=default,
                             help=f"how far to move from the image, 0 … 1 (default {default})")
     if mask:
         parser.add_argument("--mask", required=True, help="mask image: white = repaint, black = keep")
@@ -46,7 +55,8 @@ def add_sd_arguments(parser: argparse.ArgumentParser, *, image: bool = False, ma
     g = parser.add_argument_group("sampling")
     g.add_argument("--negative", default="", metavar="TEXT", help="negative prompt")
     g.add_argument("--steps", type=positive_int, default=30, help="sampling steps (default 30)")
-    g.add_argument("--guidance", type=float, default=7.5, metavar="SCALE", help="CFG scale (default 7.5)")
+    g.add_argument("--guidance", type=finite_float, default=7.5, metavar="SCALE",
+                   help="CFG scale (default 7.5)")
     g.add_argument("--sampler", default="dpmpp_2m",
                    help="ddim, plms, euler, euler_a, heun, dpmpp_2m or ddpm (default dpmpp_2m)")
     g.add_argument("--karras", action="store_true", help="Karras sigmas (\"DPM++ 2M Karras\")")
@@ -54,10 +64,11 @@ def add_sd_arguments(parser: argparse.ArgumentParser, *, image: bool = False, ma
                    help="timestep spacing (default: the model's, leading for SD 1.x)")
     g.add_argument("--seed", type=non_negative_int, help="image i uses seed + i (default: random)")
     g.add_argument("--size", type=parse_size, metavar="WxH",
-                   help="image size, e.g. 512x768 (default 512x512; img2img/inpaint: the image's)")
+                   help="image size, e.g. 512x768 (default: the model's, 512x512 for SD 1.x; "
+                        "img2img/inpaint: the image's)")
     g.add_argument("--num", type=positive_int, default=1, help="number of images (default 1)")
     g.add_argument("--batch-size", type=positive_int, help="images per model call (default: all)")
-    g.add_argument("--eta", type=float, default=0.0, help="DDIM's noise (0 = deterministic)")
+    g.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM's noise (0 = deterministic)")
     g.add_argument("--clip-skip", type=non_negative_int, default=0, help="text-encoder layers to skip")
     r = parser.add_argument_group("runtime")
     r.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default: cuda if available)")
@@ -69,21 +80,12 @@ def add_sd_arguments(parser: argparse.ArgumentParser, *, image: bool = False, ma
 
 
 def is_sd_model(path: str | Path) -> bool:
-    """Whether `path` is a diffusers SD folder or a single file with an SD UNet (`model.diffusion_model.`)."""
-    path = Path(path)
-    if path.is_dir():
-        return (path / "model_index.json").is_file()
-    if not path.is_file():
-        return False
-    if path.suffix == ".ckpt":
-        return True
-    from ..io.checkpoint import read_safetensors_header
-
+    """Whether `path` may be an SD checkpoint: a diffusers folder, a single file with an SD UNet
+    (`model.diffusion_model.`) or a pickled checkpoint (the SD loader then reads it safely), by content."""
     try:
-        header = read_safetensors_header(path)
+        return model_kind(path) in ("sd", "pickle")
     except (ValueError, OSError):
         return False
-    return any(k.startswith("model.diffusion_model.") for k in header)
 
 
 def _opt(args: argparse.Namespace, name: str) -> Any:
@@ -93,13 +95,18 @@ def _opt(args: argparse.Namespace, name: str) -> Any:
 
 
 def run_sd(args: argparse.Namespace, mode: str) -> int:
-    """Generate with `mode` in txt2img / img2img / inpaint and write one PNG per image into `--out`."""
-    from ..io.images import png_metadata, save_png
-    from ..pipelines.stable_diffusion import StableDiffusion
-
+    """Generate with `mode` in txt2img / img2img / inpaint and write one PNG per image into `--out`; the
+    paths, images and options are checked first, before torch is imported and the model loaded."""
     model = Path(args.model)
     if not model.exists():
         raise FileNotFoundError(f"no such SD model folder or file: {args.model!r}")
+    if mode != "txt2img" and not 0.0 < args.strength <= 1.0:
+        raise UsageError(f"--strength must lie in (0, 1] (1 = ignore the image), got {args.strength}")
+    image_size = _check_images(args, mode)  # before the model loads: a bad image or output fails in seconds
+    out = check_out_folder(_opt(args, "out"))
+    from ..io.images import png_metadata, save_png
+    from ..pipelines.stable_diffusion import StableDiffusion
+
     pipe = StableDiffusion.load(model, device=_opt(args, "device"), dtype=_opt(args, "dtype"),
                                 compile=bool(_opt(args, "compile")), vae_tile=_opt(args, "vae_tile"))
     kw: dict[str, Any] = dict(
@@ -112,6 +119,8 @@ def run_sd(args: argparse.Namespace, mode: str) -> int:
     size = _opt(args, "size")
     if size is not None:
         kw["width"], kw["height"] = size
+    if kw["progress"]:
+        print(_plan(pipe, mode, size or image_size or (pipe.default_size,) * 2, kw), file=sys.stderr)
     prompt = args.prompt or ""
     if mode == "txt2img":
         result = pipe.txt2img(prompt, **kw)
@@ -121,7 +130,6 @@ def run_sd(args: argparse.Namespace, mode: str) -> int:
         result = pipe.inpaint(args.image, args.mask, prompt, strength=args.strength, **kw)
     else:
         raise ValueError(f"unknown SD mode {mode!r}")
-    out = Path(_opt(args, "out"))
     out.mkdir(parents=True, exist_ok=True)
     start = _next_index(out)
     for k, (image, meta) in enumerate(zip(result.images, result.metadata)):
@@ -131,6 +139,47 @@ def run_sd(args: argparse.Namespace, mode: str) -> int:
     if note:
         print(f"note: {note}")
     return 0
+
+
+def _check_images(args: argparse.Namespace, mode: str) -> tuple[int, int] | None:
+    """(width, height) of `--image` from its header (None for txt2img), after checking that it and `--mask`
+    open as images; the pixels are decoded later."""
+    from PIL import Image
+
+    size = None
+    for option, what in (("image", "an image"), ("mask", "a mask")):
+        name = getattr(args, option, None)
+        if mode == "txt2img" or name is None:
+            continue
+        path = Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such {option} file: {name!r}")
+        try:
+            with Image.open(path) as im:
+                size = size or im.size
+        except Image.DecompressionBombError as e:
+            raise UsageError(f"{name!r} is too large to read as {what} ({str(e).rstrip('.')}); shrink it "
+                             "to a few thousand pixels a side (the model works at about 512)") from e
+        except OSError as e:
+            raise UsageError(f"cannot read {name!r} as {what}: {e}") from e
+    return size
+
+
+_SLOW_ATTENTION = 16384  # positions in one attention: 128x128 latents, SD 1.x at 1024 pixels
+
+
+def _plan(pipe: Any, mode: str, size: tuple[int, int], kw: dict[str, Any]) -> str:
+    """One line on the job about to run: its size and what it costs (UNet calls, the widest attention)."""
+    m = pipe.size_multiple
+    width, height = (max(m, round(side / m) * m) for side in size)  # as the pipeline rounds an image's size
+    f = pipe.vae.config.downsampling_factor * min(pipe.unet.config.attention_resolutions or (1,))
+    positions = (height // f) * (width // f)
+    calls = kw["steps"] * kw["num_images"] * (1 if float(kw["guidance_scale"]) == 1.0 else 2)
+    line = (f"{mode}: {kw['num_images']} image(s) of {width}x{height}, {kw['steps']} steps: up to {calls} "
+            f"UNet calls, attention over {positions} positions")
+    if positions > _SLOW_ATTENTION:
+        line += f"; that is slow, the model's own size is {pipe.default_size}x{pipe.default_size} (--size)"
+    return line
 
 
 def run_sd_txt2img(args: argparse.Namespace) -> int:

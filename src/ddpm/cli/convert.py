@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.choices import PREDICTIONS
+from ._common import check_out_file, check_out_folder
 
 HELP = "convert checkpoints: .ckpt -> .safetensors, single file <-> diffusers folder"
 
@@ -66,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
         if to == "folder" and any(dest.iterdir()) and not (dest / "model_index.json").is_file():
             raise ValueError(f"{args.dest!r} is a folder with other content, not a diffusers folder; "
                              "--force only replaces a diffusers folder: pick a new or empty folder")
+    if to == "file":
+        check_out_file(dest, force=True, option="DEST")  # existence was judged above
+    else:
+        check_out_folder(dest, option="DEST")
 
     import torch
 

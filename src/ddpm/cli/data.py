@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ._common import non_negative_int, positive_int
+from ._common import check_out_folder, non_negative_int, positive_int
 
 HELP = "write a generated dataset (shapes) as an image folder with caption sidecars"
 # The splits of ddpm.data.shapes.SPLITS, spelled out so that `ddpm --help` needs no numpy/torch import.
@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         raise NotADirectoryError(f"--out {str(out)!r} is a file; give a folder to write the images into")
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise FileExistsError(f"--out {str(out)!r} is not empty; choose an empty folder or pass --overwrite")
+    check_out_folder(out)
     from dataclasses import asdict
 
     from PIL import Image, PngImagePlugin

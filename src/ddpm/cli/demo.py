@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import UsageError
-from ._common import non_negative_int, positive_int
+from ._common import check_out_folder, finite_float, non_negative_int, positive_int
 
 HELP = "train a small class-conditional digits model, sample a grid, print its metrics"
 
@@ -40,7 +40,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--retrain", action="store_true", help="delete an existing demo run in --out and train anew"
     )
     p.add_argument("--per-class", type=positive_int, default=10, help="samples per class (default 10)")
-    p.add_argument("--guidance", type=float, metavar="SCALE", help="guidance scale (default: the config's)")
+    p.add_argument("--guidance", type=finite_float, metavar="SCALE",
+                   help="guidance scale (default: the config's)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (default 0)")
     p.add_argument("--bpd-num", type=positive_int, default=50,
                    help="held-out images for bits/dim (default 50; each costs T model calls)")  # fmt: skip
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config or configs.path("demo"), args.overrides)
     if config.data.condition != "class":
         raise ValueError("the demo samples one row per class: it needs data.condition = 'class'")
-    out = Path(args.out)
+    out = check_out_folder(args.out)
     config.run.dir, config.run.name = str(out.parent), out.name
     run_dir = out
 
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     if action == "reuse":
         print(f"reusing the trained demo in {run_dir} (pass --retrain to train again)")
     else:
-        from ..training import TrainingDiverged, train
+        from ..training import TrainingDiverged, TrainingInterrupted, train
 
         print(f"{'resuming' if action == 'resume' else 'training'} the demo model in {run_dir} "
               f"({config.train.steps} steps, batch {config.train.batch_size})")  # fmt: skip
@@ -113,10 +114,9 @@ def run(args: argparse.Namespace) -> int:
             train(config, resume=run_dir if action == "resume" else None, progress=not args.quiet)
         except TrainingDiverged as error:
             raise UsageError(str(error)) from error
-        step = _trained_step(run_dir)
-        if step < config.train.steps:  # stopped by SIGTERM / Ctrl-C after saving a checkpoint
-            print(f"training stopped at step {step} of {config.train.steps}; run the same command to resume")
-            return 130
+        except TrainingInterrupted as stop:  # SIGTERM / Ctrl-C, checkpoint saved: the demo resumes itself
+            raise TrainingInterrupted(stop.reason, step=stop.step, run_dir=stop.run_dir,
+                                      resume="the same `ddpm demo` command") from None
     t_train = time.perf_counter() - t0
 
     import torch

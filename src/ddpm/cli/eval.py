@@ -6,10 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 from typing import Any
 
-from ._common import add_sampling_args, load_pipeline, positive_int
+from ._common import add_sampling_args, check_out_file, load_pipeline, positive_int
 
 HELP = "measure a model: fd (vs its floor), class accuracy, bits/dim"
 
@@ -38,6 +37,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    out = check_out_file(args.out, force=True) if args.out else None  # before torch is imported
     from ..evaluation import (
         METRICS,
         EvalContext,
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         if "table" in result.details:
             print(result.details["table"])
     print(f"({seconds:.1f} s)")
-    if args.out:
+    if out is not None:
         blob = {
             "model": str(args.model),
             "meta": {k: pipe.meta.get(k) for k in ("data", "conditioning", "sampling", "training")},
@@ -73,7 +73,6 @@ def run(args: argparse.Namespace) -> int:
             "seconds": seconds,
             "metrics": results_to_dict(results),
         }
-        out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(blob, indent=2) + "\n")
         print(f"wrote {out}")

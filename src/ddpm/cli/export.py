@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ._common import check_out_file
+
 HELP = "write a run's EMA weights as one self-describing .safetensors file"
 
 
@@ -24,11 +26,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    if out.suffix != ".safetensors":
-        raise ValueError(f"--out must end in .safetensors, got {str(out)!r}")
-    if out.exists() and not args.force:
-        raise FileExistsError(f"{str(out)!r} exists; pass --force to replace it")
+    out = check_out_file(args.out, force=args.force, suffix=".safetensors")
     src = Path(args.run)
     if not src.is_dir():
         raise FileNotFoundError(f"no such run folder: {args.run!r}")

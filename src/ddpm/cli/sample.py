@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 from typing import Any
 
-from ._common import add_sampling_args, load_pipeline, parse_class, positive_int
+from ._common import (
+    add_sampling_args,
+    check_out_folder,
+    load_pipeline,
+    non_negative_float,
+    parse_class,
+    positive_int,
+)
 
 HELP = "generate images from a trained model (PNGs with metadata and a grid)"
 
@@ -26,7 +32,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--class", dest="cls", metavar="CLASS", help="class index or name (class-conditional models)"
     )
-    p.add_argument("--eta", type=float, default=0.0, help="stochasticity of ddim (0 = deterministic)")
+    p.add_argument("--eta", type=non_negative_float, default=0.0,
+                   help="stochasticity of ddim (0 = deterministic)")
     p.add_argument(
         "--nrow", type=positive_int, help="images per grid row (default: one row per class, or square)"
     )
@@ -37,12 +44,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    out = check_out_folder(args.out)  # before the model loads
+    pipe = load_pipeline(args.model)
     import torch
 
     from ..evaluation import balanced_labels
     from ..io.images import make_grid, png_metadata, save_png
 
-    pipe = load_pipeline(args.model)
     meta = pipe.meta
     cond = (meta.get("conditioning") or {}).get("type") or "none"
     if cond == "text":
@@ -61,7 +69,6 @@ def run(args: argparse.Namespace) -> int:
         args.num, seed=args.seed, class_labels=labels, guidance_scale=args.guidance, sampler=args.sampler,
         steps=args.steps, eta=args.eta, batch_size=args.batch_size, progress=not args.quiet,
     )  # fmt: skip
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for i, (image, m) in enumerate(zip(images, metas)):
         save_png(out / f"{i:05d}-seed{args.seed + i}.png", image, png_metadata(m))

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from . import UsageError
+from ._common import check_out_folder
 
 HELP = "train a diffusion model (or, with run.task = \"autoencoder\", a KL autoencoder), or resume a run"
 DESCRIPTION = """\
@@ -14,8 +15,9 @@ Train a diffusion model from a TOML config, or resume a run exactly where it sto
 run.task = "autoencoder" the same machinery trains a KL autoencoder (see configs/vae.toml).
 
 The run folder (run.dir/run.name) holds config.toml, checkpoints/, samples/ and metrics.csv.
-Ctrl-C or SIGTERM saves a checkpoint before exiting. On several GPUs, launch the same command
-under torchrun:  torchrun --nproc_per_node N -m ddpm.cli train --config FILE"""
+Ctrl-C or SIGTERM saves a checkpoint, then exits with status 130 or 143 (resume with --resume).
+On several GPUs, launch the same command under torchrun:
+  torchrun --nproc_per_node N -m ddpm.cli train --config FILE"""
 EPILOG = """\
 examples:
   ddpm train --config configs/digits.toml --set train.steps=2000 --set run.name=a
@@ -42,8 +44,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config
-
     config_path: Path | None = Path(args.config) if args.config else None
     if args.resume:
         run_dir = Path(args.resume)
@@ -53,7 +53,13 @@ def run(args: argparse.Namespace) -> int:
             config_path = run_dir / "config.toml"
     elif config_path is None:
         raise UsageError("give --config FILE (examples in configs/) or --resume runs/NAME")
+    if not config_path.is_file():
+        raise FileNotFoundError(f"config file {str(config_path)!r} does not exist")
+    from ..config import load_config  # imports torch: after the checks that need none
+
     config = load_config(config_path, args.overrides)
+    run_dir = Path(args.resume) if args.resume else Path(config.run.dir) / config.run.name
+    check_out_folder(run_dir, option="the run folder")  # before the data and model are built
 
     from ..training import TrainingDiverged, train
 

@@ -1,23 +1,25 @@
 """`ddpm txt2img`: images from a prompt with a text-to-image model; one PNG each (with the prompt, negative
 prompt, seed, sampler, steps, guidance, size and model hash in its metadata) and a grid.
 
-The model kind is read from the file: a Stable Diffusion 1.x checkpoint (diffusers folder, or a single file
-with an SD UNet) goes to the SD pipeline (cli/_sd.py); a ddpm model file whose "ddpm" metadata says
-"conditioning": text goes to `TextToImagePipeline`.
+The model kind is read from the file's content (`_common.model_kind`), before any option is judged: a
+Stable Diffusion 1.x checkpoint (diffusers folder, a single file with an SD UNet, or a pickled checkpoint,
+which the SD loader reads without running code) goes to the SD pipeline (cli/_sd.py); a ddpm model file
+whose "ddpm" metadata says "conditioning": text goes to `TextToImagePipeline`.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 from typing import Any
 
-from ._common import add_sampling_args, non_negative_int
+from . import UsageError
+from ._common import add_sampling_args, check_out_folder, model_kind, non_negative_float, non_negative_int
 from ._sd import parse_size
 
 HELP = "generate images from a text prompt (PNGs with metadata and a grid)"
 _SD_ONLY = ("size", "karras", "spacing", "clip_skip", "device", "dtype", "vae_tile", "compile")
+
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -35,11 +37,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--negative", default="", metavar="PROMPT", help="negative prompt (replaces the empty one)"
     )
-    p.add_argument("--eta", type=float, default=0.0, help="stochasticity of ddim (0 = deterministic)")
+    p.add_argument("--eta", type=non_negative_float, default=0.0,
+                   help="stochasticity of ddim (0 = deterministic)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_sampling_args(p, num=4)
     sd = p.add_argument_group("Stable Diffusion checkpoints only (defaults: SD 1.x's)")
-    sd.add_argument("--size", type=parse_size, metavar="WxH", help="e.g. 512x768 (default 512x512)")
+    sd.add_argument("--size", type=parse_size, metavar="WxH",
+                    help="e.g. 512x768 (default: the model's, 512x512 for SD 1.x)")
     sd.add_argument("--karras", action="store_true", help='Karras sigmas ("DPM++ 2M Karras")')
     sd.add_argument("--spacing", choices=("leading", "linspace", "trailing"), help="timestep spacing")
     sd.add_argument("--clip-skip", type=non_negative_int, help="text-encoder layers to skip")
@@ -51,49 +55,31 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def model_kind(path: str | Path) -> str:
-    """ "ddpm-<conditioning>" ("ddpm-text", "ddpm-class", …) of a run folder or ddpm model file."""
-    from ..io.model_file import read_model_meta
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such run folder or model file: {str(path)!r}")
-    if path.is_dir():
-        from ..io.run_folder import run_model_file
-
-        path = run_model_file(path)
-    if path.suffix != ".safetensors":
-        raise ValueError(
-            f"{str(path)!r} is neither a ddpm model (a run folder or a .safetensors from `ddpm export`) "
-            "nor a Stable Diffusion 1.x checkpoint (.ckpt/.safetensors or a diffusers folder)"
-        )
-    meta = read_model_meta(path)
-    return "ddpm-" + str((meta.get("conditioning") or {}).get("type") or "none")
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..io.images import make_grid, png_metadata, save_png
-    from ..pipelines.text import TextToImagePipeline
-    from ._sd import is_sd_model, run_sd_txt2img
+    from ._sd import run_sd_txt2img
 
-    if is_sd_model(args.model):
+    kind = model_kind(args.model)  # a missing or unreadable path fails here, before options are judged
+    if kind in ("sd", "pickle"):
         return run_sd_txt2img(args)
     sd_only = [f"--{n.replace('_', '-')}" for n in _SD_ONLY if getattr(args, n) not in (None, False)]
     if sd_only:
-        raise ValueError(f"{', '.join(sd_only)} apply to Stable Diffusion checkpoints only; drop them")
-    kind = model_kind(args.model)
+        raise UsageError(f"{', '.join(sd_only)} apply to Stable Diffusion checkpoints only, and {args.model} "
+                         "is a ddpm model; drop them")
     if kind != "ddpm-text":
-        raise ValueError(
+        raise UsageError(
             f"{args.model} is a {kind[len('ddpm-') :]}-conditional model, not a text-to-image one; sample it "
             "with `ddpm sample`"
         )
+    out = check_out_folder(args.out)
+    from ..io.images import make_grid, png_metadata, save_png
+    from ..pipelines.text import TextToImagePipeline
+
     pipe = TextToImagePipeline.load(args.model)
     images, metas = pipe.generate(
         args.num, prompts=args.prompt, negative_prompt=args.negative, seed=args.seed,
         guidance_scale=args.guidance, sampler=args.sampler, steps=args.steps, eta=args.eta,
         batch_size=args.batch_size, progress=not args.quiet,
     )  # fmt: skip
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for i, (image, m) in enumerate(zip(images, metas)):
         save_png(out / f"{i:05d}-seed{args.seed + i}.png", image, png_metadata(m))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,6 +185,11 @@ class TrainConfig:
         choice("train", "lr_schedule", self.lr_schedule, LR_SCHEDULES)
         need(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
               f"train.device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'; got {self.device!r}")
+        if self.warmup_steps > self.steps:  # legal, but the configured lr is then never reached
+            peak = 100 * self.steps / self.warmup_steps
+            warnings.warn(f"train.warmup_steps ({self.warmup_steps}) exceeds train.steps ({self.steps}): the "
+                          f"learning rate peaks at {peak:.3g}% of train.lr; lower train.warmup_steps",
+                          UserWarning, stacklevel=4)
 
 
 @dataclass

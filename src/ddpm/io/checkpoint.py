@@ -12,6 +12,8 @@ narrow allowance: training bookkeeping that Stable Diffusion 1.x `.ckpt` files c
 weights (PyTorch Lightning callback objects, numpy scalars for the step count) is replaced by inert
 placeholders registered with that same restricted unpickler. A placeholder runs nothing: it has no
 behaviour and keeps none of the pickled state, and placeholders never reach the returned state dict.
+A refusal names the globals the file wanted; one naming globals that only code-running pickles use
+(`posix.system`, `builtins.eval`, …) is called malicious and gets no hint on how to load it anyway.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ __all__ = [
     "FORMATS",
     "UnsafeCheckpointError",
     "detect_format",
+    "dangerous_globals",
+    "load_pickle",
     "read_safetensors_header",
     "load_state_dict",
     "check_finite",
@@ -51,8 +55,67 @@ _HOW_TO_CONVERT = (
 )
 
 
+# Globals no weights file needs and that code-running pickles call: a file naming one looks malicious.
+_DANGEROUS_MODULES = ("os", "posix", "nt", "subprocess", "sys", "socket", "shutil", "runpy", "pty", "ctypes",
+                      "importlib", "code", "codeop", "pdb", "bdb", "webbrowser", "commands", "marshal",
+                      "pickle", "_pickle", "dill", "asyncio", "multiprocessing", "requests", "urllib",
+                      "http", "ftplib", "smtplib", "telnetlib", "signal")
+_DANGEROUS_NAMES = {f"{m}.{n}" for m in ("builtins", "__builtin__") for n in (
+    "eval", "exec", "execfile", "compile", "open", "__import__", "getattr", "setattr", "delattr",
+    "globals", "locals", "vars", "breakpoint", "input", "apply", "file", "memoryview")}
+_DANGEROUS_NAMES |= {"operator.attrgetter", "operator.methodcaller", "functools.partial", "types.CodeType",
+                     "types.FunctionType", "torch.hub.load", "torch.load"}
+_MALICIOUS_ADVICE = (
+    "which no weights file needs, so it looks malicious: do not open it with torch.load or any other "
+    "unpickling tool; delete it and get a .safetensors version of this model from a source you trust"
+)
+
+
 class UnsafeCheckpointError(ValueError):
     """A pickled checkpoint that needs arbitrary code to load; it was refused and nothing in it ran."""
+
+
+def dangerous_globals(names: list[str]) -> list[str]:
+    """The names among `names` (pickle globals, "module.name"; torch names builtins bare, as "exec") that
+    only code-running pickles reference."""
+    full = {n: n if "." in n else f"builtins.{n}" for n in names}
+    return [n for n, f in full.items() if f in _DANGEROUS_NAMES or f.split(".")[0] in _DANGEROUS_MODULES]
+
+
+def _refusal(path: Path, names: list[str], detail: str = "") -> UnsafeCheckpointError:
+    """The refusal of a pickle that needs `names` (a suspicious file gets no conversion hint); where torch
+    named none (it stops at the first opcode it does not take), the file's opcodes are read for them."""
+    bad = dangerous_globals(names or _scan_globals(path))
+    if bad:
+        return UnsafeCheckpointError(f"{path} was refused and nothing in it ran: it calls "
+                                     f"{', '.join(bad[:4])}, {_MALICIOUS_ADVICE}")
+    what = f"it references {names[:4]}" if names else (detail or "a forbidden operation")
+    return UnsafeCheckpointError(f"{path} is a pickle that needs arbitrary code to load ({what}); it was "
+                                 f"refused and nothing in it ran. If it is a genuine checkpoint, "
+                                 f"{_HOW_TO_CONVERT}")
+
+
+def _scan_globals(path: Path, limit: int = 64 * 2**20) -> list[str]:
+    """The globals a plain pickle file names, from its opcodes (read, never executed; the first pickle of
+    the file, up to `limit` bytes). STACK_GLOBAL takes the two strings pushed last."""
+    import io
+    import pickletools
+
+    names: list[str] = []
+    strings: list[str] = []
+    with open(path, "rb") as f:
+        data = f.read(limit)
+    try:
+        for op, arg, _ in pickletools.genops(io.BytesIO(data)):
+            if op.name == "GLOBAL" and isinstance(arg, str):
+                names.append(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str) and "UNICODE" in op.name:
+                strings.append(arg)
+    except Exception:  # noqa: BLE001  (a truncated or odd pickle: keep what was read)
+        pass
+    return names
 
 
 # ------------------------------------------------------------------------------------------ sniffing
@@ -88,6 +151,9 @@ def read_safetensors_header(path: str | Path) -> dict[str, Any]:
     """The JSON header of a safetensors file, checked against the file size before any tensor is read."""
     path = _existing(path)
     size = path.stat().st_size
+    if size < 10:  # the 8-byte length field and at least "{}"
+        raise ValueError(f"{path} is {size} bytes long, too short for a safetensors file; it is truncated "
+                         "or empty: download it again")
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         if not 2 <= n <= min(_MAX_HEADER, size - 8):
@@ -215,32 +281,44 @@ def _load_pickled(path: Path, fmt: str, *, mmap: bool) -> Any:
             names = re.findall(r"GLOBAL ([\w.]+)", str(e))
             if not names or all(n in allowed for n in names):
                 detail = " ".join(str(e).split("\n\n")[-2:-1]).strip()[:200]
-                raise UnsafeCheckpointError(
-                    f"{path} was refused by the restricted unpickler ({detail or 'a forbidden operation'}); "
-                    f"nothing in it ran. If it is a genuine checkpoint, {_HOW_TO_CONVERT}"
-                ) from e
+                raise _refusal(path, names, f"refused by the restricted unpickler: {detail}") from e
             _allow(names, allowed, path)
         except (RuntimeError, EOFError, ValueError, OSError, struct.error, IndexError, KeyError) as e:
             raise _damaged(path, e) from e
     raise UnsafeCheckpointError(f"{path} references too many foreign objects to load; {_HOW_TO_CONVERT}")
 
 
+def load_pickle(path: str | Path, *, fix: str = "download it again") -> Any:
+    """`torch.load(path, weights_only=True)` of a pickle this package wrote (a run's state.pt), with no
+    allowances; a refused or damaged file raises UnsafeCheckpointError / ValueError (ending in `fix`)."""
+    path = _existing(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise _damaged(path, e, fix) from e
+        detail = " ".join(str(e).split("\n\n")[-2:-1]).strip()[:200]
+        raise _refusal(path, re.findall(r"GLOBAL ([\w.]+)", str(e)), detail) from e
+    except (RuntimeError, EOFError, ValueError, OSError, struct.error, IndexError, KeyError) as e:
+        raise _damaged(path, e, fix) from e
+
+
 def _torch_load(path: Path, *, mmap: bool) -> Any:
     """torch.load(weights_only=True) of `path`; through a file object where the name ends in .safetensors,
-    since torch.load would then hand the file to safetensors by its name, not its content."""
-    if path.suffix == ".safetensors":
-        with open(path, "rb") as f:
-            return torch.load(f, map_location="cpu", weights_only=True)
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    since torch.load would then hand the file to safetensors by its name, not its content. torch's note on
+    pickle protocols it did not write is dropped: such a file loads, or is refused with its own message."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        if path.suffix == ".safetensors":
+            with open(path, "rb") as f:
+                return torch.load(f, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def _allow(names: list[str], allowed: dict[str, type], path: Path) -> None:
     refused = [n for n in names if not n.startswith(BOOKKEEPING_MODULES)]
     if refused:
-        raise UnsafeCheckpointError(
-            f"{path} is a pickle that needs arbitrary code to load (it references {refused[:4]}); it was "
-            f"refused and nothing in it ran. This file needs arbitrary code to load: {_HOW_TO_CONVERT}"
-        )
+        raise _refusal(path, refused)
     for name in names:
         if name not in allowed:
             module, _, qualname = name.rpartition(".")
@@ -260,10 +338,10 @@ class _Placeholder:
         pass
 
 
-def _damaged(path: Path, error: BaseException) -> ValueError:
+def _damaged(path: Path, error: BaseException, fix: str = "download it again") -> ValueError:
     detail = " ".join(str(error).split())[:200] or type(error).__name__
     return ValueError(f"{path} could not be read as a torch checkpoint: it is truncated or corrupted "
-                      f"({detail}); download it again")
+                      f"({detail}); {fix}")
 
 
 def _state_dict_of(obj: Any, path: Path) -> dict[str, Tensor]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -76,7 +76,10 @@ def save_model_file(
         seen[ptr] = k
         out[k] = v
     with atomic_write(path) as tmp:
-        save_file(out, str(tmp), metadata={META_KEY: text})
+        try:
+            save_file(out, str(tmp), metadata={META_KEY: text})
+        except SafetensorError as e:  # an unwritable folder or a full disk, in safetensors' own error type
+            raise OSError(f"could not write {path}: {e}") from e
     return path
 
 

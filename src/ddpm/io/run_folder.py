@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from .atomic import atomic_write, atomic_write_bytes, fsync_dir
+from .checkpoint import load_pickle
 from .model_file import load_model_file, save_model_file
 
 __all__ = [
@@ -166,7 +167,8 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     folder = latest_checkpoint(path)
     model, meta = load_model_file(folder / "model.safetensors", device=device)
     ema, _ = load_model_file(folder / "ema.safetensors", device=device)
-    state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+    state = load_pickle(folder / "state.pt", fix="resume from an earlier checkpoint: write its folder "
+                        f"(e.g. {CHECKPOINTS}/step-N) into the run's {LATEST!r} file")
     step = int(state["step"])
     return Checkpoint(path=folder, step=step, model=model, ema=ema, state=state, meta=meta)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
@@ -64,6 +65,10 @@ __all__ = [
 ]
 
 SCHEDULER_META_KEY = "ddpm.scheduler"
+# What a single file's shapes cannot show (configs that differ from what they give, a sample size other than
+# 64), with the scheduler settings: one entry in place of SCHEDULER_META_KEY, so files stay reproducible.
+SETTINGS_META_KEY = "ddpm.sd_settings"
+SD1_SAMPLE_SIZE = 64  # the latent side SD 1.x UNets are trained at (512 pixels)
 _PIPELINES = ("StableDiffusionPipeline", "StableDiffusionInpaintPipeline", "StableDiffusionImg2ImgPipeline")
 _UNET_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
                "diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.bin")
@@ -82,6 +87,7 @@ class StableDiffusionModels:
     source_format: str  # "single_file" or "diffusers_folder"
     model_hash: str  # sha256 prefix: of the file, or of the folder's weight files
     source_dtype: torch.dtype = torch.float32  # how the UNet weights were stored (often float16)
+    sample_size: int = SD1_SAMPLE_SIZE  # latent side the UNet was trained at (diffusers' `sample_size`)
 
     @property
     def unet_config(self) -> UNetConfig:
@@ -151,26 +157,49 @@ def _load_single_file(
         if not sd:
             raise ValueError(f"{source}: the {component} is missing from this checkpoint (no `{prefix}*` "
                              "keys). Use a full SD 1.x checkpoint or a diffusers folder.")
+    settings = _single_file_settings(path)
     unet_config, vae_config, text_config = configs
-    unet_config = unet_config or _infer(infer_unet_config, unet_sd, "UNet", source)
-    vae_config = vae_config or _infer(infer_vae_config, vae_sd, "VAE", source)
-    text_config = text_config or _infer(infer_text_config, text_sd, "text encoder", source)
-    scheduler = SchedulerConfig()
-    if detect_format(path) == "safetensors":
-        meta = read_safetensors_header(path).get("__metadata__") or {}
-        if SCHEDULER_META_KEY in meta:
-            scheduler = SchedulerConfig.from_dict(json.loads(meta[SCHEDULER_META_KEY]))
+    unet_config = unet_config or settings.get("unet") or _infer(infer_unet_config, unet_sd, "UNet", source)
+    vae_config = vae_config or settings.get("vae") or _infer(infer_vae_config, vae_sd, "VAE", source)
+    text_config = text_config or settings.get("text_encoder") or _infer(
+        infer_text_config, text_sd, "text encoder", source
+    )
     kw = dict(dtype=dtype, device=device, source=source)
     return StableDiffusionModels(
         unet=_build(UNet, unet_config, unet_sd, "UNet", **kw),
         vae=_build(AutoencoderKL, vae_config, vae_conv_attention(vae_sd), "VAE", **kw),
         text_encoder=_build(CLIPTextModel, text_config, text_sd, "text encoder", **kw),
         tokenizer=CLIPTokenizer.from_bpe_file(),
-        scheduler=scheduler,
+        scheduler=settings["scheduler"],
         source_format="single_file",
         model_hash=file_hash(path),
         source_dtype=_stored_dtype(unet_sd),
+        sample_size=settings["sample_size"],
     )
+
+
+_CONFIG_CLASSES = {"unet": UNetConfig, "vae": AutoencoderKLConfig, "text_encoder": CLIPTextConfig}
+
+
+def _single_file_settings(path: Path) -> dict[str, Any]:
+    """What a single file's metadata records: "scheduler", "sample_size" and any carried configs."""
+    meta: dict[str, str] = {}
+    if detect_format(path) == "safetensors":
+        meta = read_safetensors_header(path).get("__metadata__") or {}
+    try:
+        if SETTINGS_META_KEY in meta:
+            raw = json.loads(meta[SETTINGS_META_KEY])
+        else:
+            raw = {"scheduler": json.loads(meta.get(SCHEDULER_META_KEY, "{}"))}
+        out: dict[str, Any] = {"scheduler": SchedulerConfig.from_dict(raw.get("scheduler") or {}),
+                               "sample_size": int(raw.get("sample_size") or SD1_SAMPLE_SIZE)}
+        for name, cls in _CONFIG_CLASSES.items():
+            if raw.get(name) is not None:
+                out[name] = cls.from_dict(raw[name])
+    except (ValueError, TypeError, AttributeError) as e:  # JSON and config errors
+        raise ValueError(f"{path}: its ddpm settings metadata is damaged ({e}); convert the model again") \
+            from e
+    return out
 
 
 def _load_folder(
@@ -191,6 +220,7 @@ def _load_folder(
             raise FileNotFoundError(f"{root} lacks {part}/config.json: the {part} component is missing")
     source = str(root)
     unet_cfg_json = _read_json(root / "unet" / "config.json")
+    sample_size = unet_cfg_json.get("sample_size")
     if unet_cfg_json.get("cross_attention_dim") == SD2_CONTEXT:
         raise ValueError(f"{root}: cross-attention width {SD2_CONTEXT}: this is an SD 2.x checkpoint, "
                          "which is not supported yet")
@@ -224,6 +254,7 @@ def _load_folder(
         source_format="diffusers_folder",
         model_hash=digest,
         source_dtype=_stored_dtype(unet_raw),
+        sample_size=sample_size if isinstance(sample_size, int) and sample_size > 0 else SD1_SAMPLE_SIZE,
     )
 
 
@@ -310,15 +341,37 @@ def single_file_state_dict(unet: UNet, vae: AutoencoderKL, text_encoder: CLIPTex
 def save_single_file(
     models: StableDiffusionModels, path: str | Path, *, dtype: torch.dtype | None = None
 ) -> Path:
-    """Write `models` as one SD 1.x `.safetensors` single file (scheduler settings in its metadata)."""
+    """Write `models` as one SD 1.x `.safetensors` single file; its metadata holds the scheduler settings
+    and whatever the tensor shapes cannot show (see SETTINGS_META_KEY), so the file loads back as it was."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"single files are written as .safetensors; got {str(path)!r}")
     tensors = plain_tensors(single_file_state_dict(models.unet, models.vae, models.text_encoder), dtype)
-    meta = {SCHEDULER_META_KEY: json.dumps(models.scheduler.to_dict(), sort_keys=True)}
+    meta = _single_file_meta(models)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_safetensors(path, tensors, meta)
     return path
+
+
+def _single_file_meta(models: StableDiffusionModels) -> dict[str, str]:
+    """One metadata entry: the scheduler alone when shapes give back every config, else SETTINGS_META_KEY."""
+    settings: dict[str, Any] = {"scheduler": models.scheduler.to_dict()}
+    if models.sample_size != SD1_SAMPLE_SIZE:
+        settings["sample_size"] = models.sample_size
+    parts = (("unet", infer_unet_config, models.unet.state_dict(), models.unet.config),
+             ("vae", infer_vae_config, models.vae.state_dict(), models.vae.config),
+             ("text_encoder", infer_text_config, text_keys(models.text_encoder.state_dict()),
+              models.text_encoder.config))
+    for name, infer, sd, config in parts:
+        try:
+            readable = infer(sd) == config
+        except (ValueError, KeyError, StopIteration):
+            readable = False
+        if not readable:
+            settings[name] = config.to_dict()
+    if len(settings) == 1:
+        return {SCHEDULER_META_KEY: json.dumps(settings["scheduler"], sort_keys=True)}
+    return {SETTINGS_META_KEY: json.dumps(settings, sort_keys=True)}
 
 
 def save_diffusers_folder(
@@ -331,7 +384,8 @@ def save_diffusers_folder(
     unet_sd = unet_to_diffusers(models.unet.state_dict(), models.unet.config)
     vae_sd = vae_to_diffusers(models.vae.state_dict())
     parts: dict[str, tuple[str, dict[str, Any], dict[str, Tensor]]] = {
-        "unet": ("diffusion_pytorch_model.safetensors", unet_config_to_diffusers(models.unet.config),
+        "unet": ("diffusion_pytorch_model.safetensors",
+                 {**unet_config_to_diffusers(models.unet.config), "sample_size": models.sample_size},
                  unet_sd),
         "vae": ("diffusion_pytorch_model.safetensors", vae_config_to_diffusers(models.vae.config), vae_sd),
         "text_encoder": ("model.safetensors",
@@ -366,7 +420,10 @@ def write_safetensors(path: Path, tensors: Mapping[str, Tensor], metadata: dict[
     Keep `metadata` to one entry where files must be byte-reproducible: safetensors writes several in
     hash order."""
     with atomic_write(path) as tmp:
-        save_file(dict(tensors), str(tmp), metadata=metadata)
+        try:
+            save_file(dict(tensors), str(tmp), metadata=metadata)
+        except SafetensorError as e:  # an unwritable folder or a full disk, in safetensors' own error type
+            raise OSError(f"could not write {path}: {e}") from e
 
 
 def plain_tensors(sd: Mapping[str, Tensor], dtype: torch.dtype | None = None) -> dict[str, Tensor]:

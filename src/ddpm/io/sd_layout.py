@@ -5,7 +5,8 @@ the `ddpm.io.keymaps.SINGLE_FILE` prefixes (`model.diffusion_model.`, `first_sta
 
 A single file holds no config, so the UNet, VAE and text-encoder configs are read from tensor shapes; what
 shapes cannot show takes the SD 1.x value (8 attention heads in the UNet, 64-wide text heads, 32 groups
-in every GroupNorm, VAE scaling 0.18215, epsilon prediction).
+in every GroupNorm, VAE scaling 0.18215, epsilon prediction). Single files that ddpm writes record in
+their metadata every config the shapes would not give back (`ddpm.io.sd.SETTINGS_META_KEY`).
 """
 
 from __future__ import annotations

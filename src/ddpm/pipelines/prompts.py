@@ -218,7 +218,10 @@ def encode_prompts(
         before = states.float().mean(dim=(1, 2), keepdim=True)
         weighted = states.float() * weights[..., None]
         after = weighted.mean(dim=(1, 2), keepdim=True)
-        rescaled = weighted * (before / after)
+        # A mean near zero has no usable ratio (0/0 is NaN, tiny/tiny is noise): such chunks stay unscaled.
+        size = 1e-3 * states.float().abs().mean(dim=(1, 2), keepdim=True)
+        usable = (before.abs() > size) & (after.abs() > size)
+        rescaled = weighted * torch.where(usable, before / after, torch.ones_like(after))
         rows = (weights != 1).any(dim=1)
         states = torch.where(rows[:, None, None], rescaled.to(states.dtype), states)
     b, d = len(prompts), states.shape[-1]

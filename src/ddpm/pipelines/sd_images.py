@@ -63,6 +63,10 @@ def to_pil(image: ImageInput, *, what: str = "image") -> Image.Image:
             with Image.open(path) as im:
                 im.load()
                 return im.copy()
+        except Image.DecompressionBombError as e:  # PIL refuses before decoding; say what to do
+            detail = str(e).rstrip(".")
+            raise ValueError(f"{str(path)!r} is too large to read as an {what} ({detail}); shrink it to a "
+                             "few thousand pixels a side (the model works at about 512)") from e
         except OSError as e:
             raise ValueError(f"cannot read {str(path)!r} as an {what}: {e}") from e
     if isinstance(image, Image.Image):

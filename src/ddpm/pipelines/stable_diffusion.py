@@ -172,6 +172,11 @@ class StableDiffusion:
         """Image sides must be multiples of this: the VAE factor times the UNet's (8 x 8 = 64 for SD 1.x)."""
         return self.vae.config.downsampling_factor * self.unet.config.downsampling_factor
 
+    @property
+    def default_size(self) -> int:
+        """The side txt2img draws by default: the UNet's sample size times the VAE factor (512 for SD 1.x)."""
+        return self.models.sample_size * self.vae.config.downsampling_factor
+
     # ---------------------------------------------------------------------------------------- public API
     def txt2img(
         self,
@@ -183,8 +188,8 @@ class StableDiffusion:
         sampler: str = "dpmpp_2m",
         spacing: str | None = None,
         karras: bool = False,
-        height: int = 512,
-        width: int = 512,
+        height: int | None = None,
+        width: int | None = None,
         seed: int | None = None,
         latents: Tensor | None = None,
         num_images: int = 1,
@@ -193,8 +198,11 @@ class StableDiffusion:
         batch_size: int | None = None,
         progress: bool = False,
     ) -> SDResult:
-        """Images for `prompt` from noise: `latents` `[N, 4, H/8, W/8]` (standard normal) or from `seed`."""
-        height, width = check_size(height, width, self.size_multiple)
+        """Images for `prompt` from noise: `latents` `[N, 4, H/8, W/8]` (standard normal) or from `seed`;
+        `height`/`width` default to `default_size`."""
+        side = self.default_size
+        height, width = check_size(side if height is None else height, side if width is None else width,
+                                   self.size_multiple)
         return self._generate("txt2img", prompt, None, None, 1.0, locals())
 
     def img2img(

@@ -36,7 +36,7 @@ from .data import BatchSource, IndexStream, chunk
 from .distributed import setup_distributed
 from .ema import EMA
 from .metrics import FIELDS, MetricsLog
-from .signals import StopOnSignals
+from .signals import StopOnSignals, TrainingInterrupted
 from .tasks import make_task
 
 __all__ = ["train", "Trainer", "TrainingDiverged", "lr_at"]
@@ -328,7 +328,8 @@ class Trainer:
 
     # --------------------------------------------------------------------------------------- run
     def run(self) -> Path:
-        """Train to `train.steps` (or `stop_after`, or a stop signal), checkpointing on the way."""
+        """Train to `train.steps` (or `stop_after`), checkpointing on the way; a stop signal saves a
+        checkpoint and raises `TrainingInterrupted`."""
         try:
             with StopOnSignals(self.request_stop, lambda: self._stop_requested):
                 return self._run()
@@ -388,10 +389,9 @@ class Trainer:
                 self.save()
         finally:
             bar.close()
-        if stopped_by is not None:
-            self._say(f"stopped by {stopped_by} at step {self.step}; checkpoint saved. "
-                      f"Continue with `ddpm train --resume {self.run_dir}`")
         self.env.barrier()
+        if stopped_by is not None:
+            raise TrainingInterrupted(stopped_by, step=self.step, run_dir=self.run_dir)
         return self.run_dir
 
     # ------------------------------------------------------------------------------------ signals
@@ -399,7 +399,8 @@ class Trainer:
     _stop_signal: str | None = None
 
     def request_stop(self, reason: str = "a stop request") -> None:
-        """Finish the current step, save a checkpoint and return (what SIGTERM / Ctrl-C do)."""
+        """Finish the current step, save a checkpoint and raise `TrainingInterrupted` (what SIGTERM / Ctrl-C
+        do)."""
         self._stop_requested = True
         self._stop_signal = reason
 
@@ -417,5 +418,6 @@ def train(
     `resume`: a run folder to continue exactly where its latest checkpoint left off (`config` None uses the
     run's own config.toml; a given config may change cadences, steps and optimisation settings, not the
     model, data or diffusion process). `stop_after`: stop (with a checkpoint) once this many steps are done.
+    SIGTERM or Ctrl-C save a checkpoint, then raise `TrainingInterrupted` (its `exit_code` is the shell's).
     """
     return Trainer(config, resume=resume, progress=progress, stop_after=stop_after).run()

@@ -1,5 +1,5 @@
 """SIGTERM and Ctrl-C during training: ask the loop to stop after the current step (it then saves a
-checkpoint and returns); a second Ctrl-C aborts at once."""
+checkpoint and raises `TrainingInterrupted`); a second Ctrl-C aborts at once."""
 
 from __future__ import annotations
 
@@ -8,7 +8,21 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["StopOnSignals"]
+__all__ = ["StopOnSignals", "TrainingInterrupted"]
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped early by a signal (or `Trainer.request_stop`) after saving a checkpoint.
+
+    `exit_code` is what a shell reports for the signal (128 + its number: 130 for SIGINT, 143 for SIGTERM;
+    1 for a request from code), so `ddpm train` tells a job scheduler that the job did not finish.
+    """
+
+    def __init__(self, reason: str, *, step: int, run_dir: Any, resume: str | None = None):
+        self.reason, self.step, self.run_dir = reason, step, run_dir
+        self.exit_code = 128 + signal.Signals[reason] if reason in signal.Signals.__members__ else 1
+        resume = resume or f"`ddpm train --resume {run_dir}`"
+        super().__init__(f"stopped by {reason} at step {step}; checkpoint saved. Continue with {resume}")
 
 
 class StopOnSignals:

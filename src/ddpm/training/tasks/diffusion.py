@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ...conditioning import Conditioner, make_conditioner
 from ...config import Config
 from ...io.images import make_grid, save_png
+from ...io.keymaps import MODEL_FILE
 from ...io.model_meta import ConditioningMeta, DataMeta, DiffusionMeta, ModelMeta, SamplingMeta, TrainingMeta
 from ...models.unet import UNet, UNetConfig
 from ...objectives import sample_timesteps, training_loss
@@ -29,7 +30,6 @@ from .base import Autocast, Task, file_meta
 
 __all__ = ["DiffusionTask", "DiffusionModule", "resolve_unet_config"]
 
-UNET_PREFIX = "unet."
 _MODULE_CONDITIONER_PREFIX = "conditioner."
 
 
@@ -146,7 +146,7 @@ class DiffusionTask(Task):
 
     def from_file(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
         prefix, ours = self.conditioner.export_prefix, _MODULE_CONDITIONER_PREFIX
-        theirs = lambda k: k.startswith(prefix) and not k.startswith(UNET_PREFIX)  # noqa: E731
+        theirs = lambda k: k.startswith(prefix) and not k.startswith(MODEL_FILE.unet)  # noqa: E731
         return {ours + k[len(prefix):] if theirs(k) else k: v for k, v in tensors.items()}
 
     def meta(self, *, step: int) -> ModelMeta:

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ._common import add_sampling_args, load_pipeline, parse_class, positive_int
+from ._common import add_sampling_args, load_pipeline, parse_class, positive_int, sampling_options
 
 HELP = "generate images from a trained model (PNGs with metadata and a grid)"
 
@@ -26,7 +26,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--class", dest="cls", metavar="CLASS", help="class index or name (class-conditional models)"
     )
-    p.add_argument("--eta", type=float, default=0.0, help="stochasticity of ddim (0 = deterministic)")
     p.add_argument(
         "--nrow", type=positive_int, help="images per grid row (default: one row per class, or square)"
     )
@@ -42,25 +41,24 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import balanced_labels
     from ..io.images import make_grid, png_metadata, save_png
 
+    options = sampling_options(args)
     pipe = load_pipeline(args.model)
-    meta = pipe.meta
-    cond = (meta.get("conditioning") or {}).get("type") or "none"
+    cond = pipe.condition
     if cond == "text":
         raise ValueError(
             f"{args.model} is a text-conditional model; it is sampled from a prompt (ddpm txt2img)"
         )
-    label = parse_class(args.cls, meta)
+    label = parse_class(args.cls, pipe.meta)
     labels = None
-    num_classes = int((meta.get("conditioning") or {}).get("num_classes") or 0)
+    num_classes = pipe.num_classes or 0
     if label is not None:
         labels = torch.full((args.num,), label, dtype=torch.long)
     elif cond == "class":
         labels = balanced_labels(args.num, num_classes)  # rows of classes 0, 1, 2, …
 
     images, metas = pipe.generate(
-        args.num, seed=args.seed, class_labels=labels, guidance_scale=args.guidance, sampler=args.sampler,
-        steps=args.steps, eta=args.eta, batch_size=args.batch_size, progress=not args.quiet,
-    )  # fmt: skip
+        args.num, class_labels=labels, options=options, batch_size=args.batch_size, progress=not args.quiet
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for i, (image, m) in enumerate(zip(images, metas)):

@@ -3,7 +3,7 @@ prompt, seed, sampler, steps, guidance, size and model hash in its metadata) and
 
 The model kind is read from the file: a Stable Diffusion 1.x checkpoint (diffusers folder, or a single file
 with an SD UNet) goes to the SD pipeline (cli/_sd.py); a ddpm model file whose "ddpm" metadata says
-"conditioning": text goes to `TextToImagePipeline`.
+"conditioning": text goes to `PixelPipeline`.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ._common import add_sampling_args, non_negative_int
+from ._common import add_sampling_args, non_negative_int, sampling_options
 from ._sd import parse_size
 
 HELP = "generate images from a text prompt (PNGs with metadata and a grid)"
-_SD_ONLY = ("size", "karras", "spacing", "clip_skip", "device", "dtype", "vae_tile", "compile")
+_SD_ONLY = ("size", "clip_skip", "device", "dtype", "vae_tile", "compile")
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -35,13 +35,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--negative", default="", metavar="PROMPT", help="negative prompt (replaces the empty one)"
     )
-    p.add_argument("--eta", type=float, default=0.0, help="stochasticity of ddim (0 = deterministic)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_sampling_args(p, num=4)
     sd = p.add_argument_group("Stable Diffusion checkpoints only (defaults: SD 1.x's)")
     sd.add_argument("--size", type=parse_size, metavar="WxH", help="e.g. 512x768 (default 512x512)")
-    sd.add_argument("--karras", action="store_true", help='Karras sigmas ("DPM++ 2M Karras")')
-    sd.add_argument("--spacing", choices=("leading", "linspace", "trailing"), help="timestep spacing")
     sd.add_argument("--clip-skip", type=non_negative_int, help="text-encoder layers to skip")
     sd.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
     sd.add_argument("--dtype", help="float32, float16, bfloat16 (default fp16 on GPU)")
@@ -53,7 +50,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def model_kind(path: str | Path) -> str:
     """ "ddpm-<conditioning>" ("ddpm-text", "ddpm-class", …) of a run folder or ddpm model file."""
-    from ..io.model_file import read_model_meta
+    from ..io.model_file import read_meta
 
     path = Path(path)
     if not path.exists():
@@ -67,13 +64,12 @@ def model_kind(path: str | Path) -> str:
             f"{str(path)!r} is neither a ddpm model (a run folder or a .safetensors from `ddpm export`) "
             "nor a Stable Diffusion 1.x checkpoint (.ckpt/.safetensors or a diffusers folder)"
         )
-    meta = read_model_meta(path)
-    return "ddpm-" + str((meta.get("conditioning") or {}).get("type") or "none")
+    return "ddpm-" + read_meta(path).condition
 
 
 def run(args: argparse.Namespace) -> int:
     from ..io.images import make_grid, png_metadata, save_png
-    from ..pipelines.text import TextToImagePipeline
+    from ..pipelines import PixelPipeline
     from ._sd import is_sd_model, run_sd_txt2img
 
     if is_sd_model(args.model):
@@ -87,10 +83,10 @@ def run(args: argparse.Namespace) -> int:
             f"{args.model} is a {kind[len('ddpm-') :]}-conditional model, not a text-to-image one; sample it "
             "with `ddpm sample`"
         )
-    pipe = TextToImagePipeline.load(args.model)
+    options = sampling_options(args)
+    pipe = PixelPipeline.load(args.model)
     images, metas = pipe.generate(
-        args.num, prompts=args.prompt, negative_prompt=args.negative, seed=args.seed,
-        guidance_scale=args.guidance, sampler=args.sampler, steps=args.steps, eta=args.eta,
+        args.num, prompts=args.prompt, negative_prompt=args.negative, options=options,
         batch_size=args.batch_size, progress=not args.quiet,
     )  # fmt: skip
     out = Path(args.out)

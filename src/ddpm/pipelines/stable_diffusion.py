@@ -35,6 +35,7 @@ from torch import Tensor
 
 from ..io.sd import StableDiffusionModels, load_stable_diffusion
 from ..sampling import SAMPLERS
+from .options import resolve_device
 from .prompts import CHUNK_TOKENS, encode_prompts
 from .sd_images import ImageInput, check_size, image_size, image_tensor, mask_tensor, round_size
 from .sd_inpaint import blending_unet, inpainting_unet, latent_mask
@@ -52,12 +53,6 @@ class SDResult(NamedTuple):
 
     images: Tensor
     metadata: list[dict[str, Any]]
-
-
-def _device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def generation_kwargs(meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -129,7 +124,7 @@ class StableDiffusion:
         on a GPU and float32 on the CPU; `channels_last` defaults to on for a GPU; `compile` wraps the UNet
         in `torch.compile`; `vae_tile` decodes in windows of that many latent cells (64 = 512 pixels; None:
         64 once a latent side passes 96; 0: never)."""
-        dev = _device(device)
+        dev = resolve_device(device)
         if dtype == "auto":
             dtype = torch.float16 if dev.type == "cuda" else torch.float32
         if isinstance(dtype, str):

@@ -402,6 +402,29 @@ def test_any_image_mode_and_size_is_resized(pipe):
     assert pipe.inpaint(_photo(), mask, "x", steps=2, seed=0).images.shape == (1, 3, SIZE, SIZE)
 
 
+def test_an_exif_rotated_photo_gives_the_upright_photos_image(pipe, tmp_path):
+    upright = _photo(3).crop((0, 0, SIZE, SIZE * 3 // 4))  # 32x24: a turn would change the size too
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # as a phone stores a photo taken sideways
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: "turn 90 degrees clockwise to show"
+    stored.save(tmp_path / "phone.png", exif=exif)
+    with Image.open(tmp_path / "phone.png") as im:
+        assert im.size == (24, 32) and im.getexif()[0x0112] == 6
+        tagged = im.copy()
+    want = pipe.img2img(upright, "x", steps=2, seed=0).images
+    assert want.shape == (1, 3, 24, 32)
+    for image in (tmp_path / "phone.png", tagged):
+        torch.testing.assert_close(pipe.img2img(image, "x", steps=2, seed=0).images, want, rtol=0, atol=0)
+    mask = Image.new("L", (24, 32), 0)
+    mask.paste(255, (0, 0, 24, 8))  # the stored top: the right edge once turned upright
+    upright_mask = Image.new("L", (32, 24), 0)
+    upright_mask.paste(255, (24, 0, 32, 24))
+    exif_mask = mask.copy()
+    exif_mask.info["exif"] = exif.tobytes()
+    got = pipe.inpaint(tagged, exif_mask, "x", steps=2, seed=0).images
+    torch.testing.assert_close(got, pipe.inpaint(upright, upright_mask, "x", steps=2, seed=0).images)
+
+
 @pytest.mark.parametrize(
     "call, match",
     [

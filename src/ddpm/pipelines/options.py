@@ -1,7 +1,7 @@
 """`SamplingOptions`: how to sample, shared by the pixel and Stable Diffusion pipelines and the CLI.
 
 A field left None takes the model's default: a pixel model file's `[sample]` settings, or SD 1.x's table
-(`SD_DEFAULTS`). Names are checked against `ddpm.config.choices` when the options are made.
+(`ddpm.config.choices.SD_DEFAULTS`). Names are checked against `ddpm.config.choices` on construction.
 """
 
 from __future__ import annotations
@@ -14,13 +14,10 @@ import torch
 
 from ..config.choices import SAMPLER_NAMES, SPACINGS
 
-__all__ = ["SamplingOptions", "SD_DEFAULTS", "CLIP_X0", "resolve_device"]
+__all__ = ["SamplingOptions", "CLIP_X0", "resolve_device"]
 
 CLIP_X0 = ("static", "dynamic", "none")  # "none": no clipping of x0_hat
 SEED_LIMIT = 2**63 - 1
-# Stable Diffusion 1.x's defaults where a call leaves an option unset (spacing: the checkpoint's scheduler).
-SD_DEFAULTS: dict[str, Any] = {"sampler": "dpmpp_2m", "steps": 30, "guidance_scale": 7.5, "width": 512,
-                               "height": 512, "strength": {"img2img": 0.75, "inpaint": 1.0}}
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -93,7 +93,7 @@ def _opt(args: argparse.Namespace, name: str) -> Any:
 
 def run_sd(args: argparse.Namespace, mode: str) -> int:
     """Generate with `mode` in txt2img / img2img / inpaint and write one PNG per image into `--out`."""
-    from ..io.images import png_metadata, save_png
+    from ..io.images import save_generated
     from ..pipelines.stable_diffusion import StableDiffusion
 
     model = Path(args.model)
@@ -118,10 +118,9 @@ def run_sd(args: argparse.Namespace, mode: str) -> int:
     else:
         raise ValueError(f"unknown SD mode {mode!r}")
     out = Path(_opt(args, "out"))
-    out.mkdir(parents=True, exist_ok=True)
-    start = _next_index(out)
-    for k, (image, meta) in enumerate(zip(result.images, result.metadata)):
-        path = save_png(out / f"{start + k:05d}-{meta['seed']}.png", image, png_metadata(meta))
+    start = _next_index(out) if out.is_dir() else 0
+    paths, _ = save_generated(out, result.images, result.metadata, start=start, name="{index:05d}-{seed}.png")
+    for path in paths:
         print(path)
     note = result.metadata[0].get("prompt_note")
     if note:

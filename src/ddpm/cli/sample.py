@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 from typing import Any
 
 from ._common import add_sampling_args, load_pipeline, parse_class, positive_int, sampling_options
@@ -39,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..evaluation import balanced_labels
-    from ..io.images import make_grid, png_metadata, save_png
+    from ..io.images import save_generated
 
     options = sampling_options(args)
     pipe = load_pipeline(args.model)
@@ -59,19 +58,12 @@ def run(args: argparse.Namespace) -> int:
     images, metas = pipe.generate(
         args.num, class_labels=labels, options=options, batch_size=args.batch_size, progress=not args.quiet
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for i, (image, m) in enumerate(zip(images, metas)):
-        save_png(out / f"{i:05d}-seed{args.seed + i}.png", image, png_metadata(m))
     if args.nrow:
         nrow = args.nrow
     elif labels is not None and label is None and args.num % num_classes == 0:
         nrow = args.num // num_classes
     else:
         nrow = math.ceil(math.sqrt(args.num))
-    grid_meta = dict(
-        metas[0], grid=f"{args.num} images, seeds {args.seed}-{args.seed + args.num - 1}", nrow=nrow
-    )
-    grid_path = save_png(out / "grid.png", make_grid(images, nrow), png_metadata(grid_meta))
+    _, grid_path = save_generated(args.out, images, metas, grid_nrow=nrow)
     print(f"wrote {args.num} images and {grid_path}")
     return 0

@@ -68,7 +68,7 @@ def model_kind(path: str | Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io.images import make_grid, png_metadata, save_png
+    from ..io.images import save_generated
     from ..pipelines import PixelPipeline
     from ._sd import is_sd_model, run_sd_txt2img
 
@@ -89,13 +89,6 @@ def run(args: argparse.Namespace) -> int:
         args.num, prompts=args.prompt, negative_prompt=args.negative, options=options,
         batch_size=args.batch_size, progress=not args.quiet,
     )  # fmt: skip
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for i, (image, m) in enumerate(zip(images, metas)):
-        save_png(out / f"{i:05d}-seed{args.seed + i}.png", image, png_metadata(m))
-    nrow = math.ceil(math.sqrt(args.num))
-    seeds = f"{args.num} images, seeds {args.seed}-{args.seed + args.num - 1}"
-    grid_meta = dict(metas[0], grid=seeds, nrow=nrow)
-    grid_path = save_png(out / "grid.png", make_grid(images, nrow), png_metadata(grid_meta))
+    _, grid_path = save_generated(args.out, images, metas, grid_nrow=math.ceil(math.sqrt(args.num)))
     print(f"wrote {args.num} images and {grid_path}")
     return 0

@@ -14,7 +14,7 @@ import torch
 
 from ..config.choices import SAMPLER_NAMES, SPACINGS
 
-__all__ = ["SamplingOptions", "CLIP_X0", "resolve_device"]
+__all__ = ["SamplingOptions", "CLIP_X0", "resolve_device", "image_metadata"]
 
 CLIP_X0 = ("static", "dynamic", "none")  # "none": no clipping of x0_hat
 SEED_LIMIT = 2**63 - 1
@@ -66,3 +66,11 @@ class SamplingOptions:
     def replace(self, **changes: Any) -> SamplingOptions:
         """A copy with `changes` applied (and checked)."""
         return dataclasses.replace(self, **changes)
+
+
+def image_metadata(o: SamplingOptions, num: int, **fields: Any) -> list[dict[str, Any]]:
+    """One metadata dict per image of a call with complete options `o`: `fields`, how it was sampled and
+    its seed (image i: seed + i); the dict a PNG carries and a call regenerates the image from."""
+    base = {**fields, "sampler": o.sampler, "steps": o.steps, "spacing": o.spacing, "karras": o.karras,
+            "eta": float(o.eta), "guidance_scale": o.guidance_scale}
+    return [{**base, "seed": int(o.seed or 0) + i} for i in range(num)]

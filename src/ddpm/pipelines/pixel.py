@@ -29,7 +29,7 @@ from ..io.model_file import file_hash, load_model_file
 from ..io.model_meta import ModelMeta
 from ..models.unet import UNet, UNetConfig
 from ..schedules import DiscreteSchedule, from_config
-from .options import SamplingOptions, resolve_device
+from .options import SamplingOptions, image_metadata, resolve_device
 
 __all__ = ["PixelPipeline", "load_part"]
 
@@ -273,20 +273,16 @@ class PixelPipeline:
     def _metadata(
         self, num: int, o: SamplingOptions, texts: list[str], negatives: list[str], labels: Tensor | None
     ) -> list[dict[str, Any]]:
-        out = []
-        for i in range(num):
-            m: dict[str, Any] = {
-                "prompt": texts[i], "negative_prompt": negatives[i], "seed": o.seed + i,
-                "sampler": o.sampler, "steps": o.steps, "spacing": o.spacing, "karras": o.karras,
-                "eta": o.eta,
-                "guidance_scale": o.guidance_scale, "clip_x0": None if o.clip_x0 == "none" else o.clip_x0,
-                "prediction": self.meta.diffusion.prediction, "width": self.image_size,
-                "height": self.image_size, "model_hash": self.model_hash, "model": self.name,
-            }  # fmt: skip
+        out = image_metadata(
+            o, num, prompt="", negative_prompt="", clip_x0=None if o.clip_x0 == "none" else o.clip_x0,
+            prediction=self.meta.diffusion.prediction, width=self.image_size, height=self.image_size,
+            model_hash=self.model_hash, model=self.name,
+        )  # fmt: skip
+        for i, m in enumerate(out):
+            m.update(prompt=texts[i], negative_prompt=negatives[i])
             if labels is not None:
                 k = int(labels[i])
                 name = self.class_names[k] if self.class_names else str(k)
                 prompt = f"class {k}" + (f" ({name})" if name != str(k) else "")
                 m.update(class_label=k, class_name=name, prompt=prompt)
-            out.append(m)
         return out

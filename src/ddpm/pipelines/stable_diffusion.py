@@ -35,7 +35,7 @@ from torch import Tensor
 
 from ..config.choices import SD_DEFAULTS
 from ..io.sd import StableDiffusionModels, load_stable_diffusion
-from .options import SEED_LIMIT, SamplingOptions, resolve_device
+from .options import SEED_LIMIT, SamplingOptions, image_metadata, resolve_device
 from .prompts import CHUNK_TOKENS, encode_prompts
 from .sd_images import ImageInput, check_size, image_size, image_tensor, mask_tensor, round_size
 from .sd_inpaint import blending_unet, inpainting_unet, latent_mask
@@ -319,14 +319,12 @@ class StableDiffusion:
     def _metadata(
         self, call: _Call, o: SamplingOptions, size: tuple[int, int], num: int, final_sigma: str, chunks: Any
     ) -> list[dict[str, Any]]:
-        base: dict[str, Any] = {
-            "mode": call.mode, "prompt": call.prompt, "negative_prompt": call.negative_prompt,
-            "sampler": o.sampler, "steps": o.steps, "spacing": o.spacing,
-            "steps_offset": self.scheduler.steps_offset, "final_sigma": final_sigma, "karras": o.karras,
-            "eta": float(o.eta), "guidance_scale": o.guidance_scale, "width": size[1], "height": size[0],
-            "clip_skip": o.clip_skip, "prediction": self.scheduler.prediction, "model_hash": self.model_hash,
-            "model": self.name, "latents_supplied": call.latents is not None,
-        }  # fmt: skip
+        base: dict[str, Any] = dict(
+            mode=call.mode, prompt=call.prompt, negative_prompt=call.negative_prompt,
+            steps_offset=self.scheduler.steps_offset, final_sigma=final_sigma, width=size[1], height=size[0],
+            clip_skip=o.clip_skip, prediction=self.scheduler.prediction, model_hash=self.model_hash,
+            model=self.name, latents_supplied=call.latents is not None,
+        )  # fmt: skip
         if chunks[0].num_chunks > 1 or chunks[1].num_chunks > 1:
             base["prompt_note"] = (
                 f"prompt of {chunks[0].num_tokens} tokens and negative prompt of {chunks[1].num_tokens} "
@@ -338,7 +336,7 @@ class StableDiffusion:
             base["init_image_sha256"] = hashlib.sha256(call.pixels.numpy().tobytes()).hexdigest()[:16]
         if call.mask is not None:
             base["inpainting"] = "9-channel UNet" if self.inpainting_model else "latent blending"
-        return [{**base, "seed": int(o.seed or 0) + i} for i in range(num)]
+        return image_metadata(o, num, **base)
 
     def _encode(
         self, prompt: str, negative: str, guided: bool, clip_skip: int

@@ -135,6 +135,7 @@ def cpu_txt2img() -> dict[str, Any]:
     from ddpm.io.sd_layout import SchedulerConfig
     from ddpm.models.autoencoder import AutoencoderKL, AutoencoderKLConfig
     from ddpm.models.text_encoder import CLIPTextConfig, CLIPTextModel
+    from ddpm.pipelines import SamplingOptions
     from ddpm.pipelines.stable_diffusion import StableDiffusion
     from ddpm.text import CLIPTokenizer
 
@@ -148,7 +149,8 @@ def cpu_txt2img() -> dict[str, Any]:
     )
     pipe = StableDiffusion(models, name="sd15-random")
     start = time.perf_counter()
-    out = pipe.txt2img("a photograph of an astronaut riding a horse", steps=1, seed=0, height=512, width=512)
+    options = SamplingOptions(steps=1, seed=0)
+    out = pipe.txt2img("a photograph of an astronaut riding a horse", height=512, width=512, options=options)
     seconds = time.perf_counter() - start
     finite = bool(torch.isfinite(out.images).all())
     return {

@@ -125,19 +125,17 @@ def speed(args: argparse.Namespace) -> None:
 
 def alignment(args: argparse.Namespace) -> None:
     from ddpm.evaluation.alignment import evaluate_generator
-    from ddpm.pipelines.text import TextToImagePipeline
+    from ddpm.pipelines import PixelPipeline, SamplingOptions
 
     torch.set_num_threads(args.threads)
-    pipe = TextToImagePipeline.load(args.model, device="cpu")
+    pipe = PixelPipeline.load(args.model, device="cpu")
     results = {}
     for g in args.guidance:
         t0 = time.perf_counter()
 
         def generate(prompts: list[str], seed: int, g: float = g) -> torch.Tensor:
-            images, _ = pipe.generate(
-                len(prompts), prompts=prompts, seed=seed, guidance_scale=g, sampler=args.sampler,
-                steps=args.steps, batch_size=args.batch,
-            )  # fmt: skip
+            options = SamplingOptions(seed=seed, guidance_scale=g, sampler=args.sampler, steps=args.steps)
+            images, _ = pipe.generate(len(prompts), prompts=prompts, batch_size=args.batch, options=options)
             return images
 
         report = evaluate_generator(generate, num=args.num, seed=args.seed, batch_size=args.batch)
@@ -150,13 +148,13 @@ def alignment(args: argparse.Namespace) -> None:
 
 def relations(args: argparse.Namespace) -> None:
     from ddpm.data.shapes import RELATIONS
-    from ddpm.pipelines.text import TextToImagePipeline
+    from ddpm.pipelines import PixelPipeline
     from ddpm.process import to_x0_eps
 
     torch.set_num_threads(args.threads)
-    pipe = TextToImagePipeline.load(args.model, device="cpu")
-    prediction = pipe.meta["diffusion"].get("prediction", "eps")
-    size = int(pipe.meta["data"]["image_size"])
+    pipe = PixelPipeline.load(args.model, device="cpu")
+    prediction = pipe.meta.diffusion.prediction
+    size = pipe.image_size
     noise = torch.randn(args.num, 3, size, size, generator=torch.Generator().manual_seed(0))
     print(f"{'t':>5} {'relation':<16} {'red left-right':>15} {'red top-bottom':>15}")
     for step in args.t:

@@ -214,11 +214,21 @@ class _TextPipe:
     """Stands in for a text-to-image pipeline trained on shapes: draws the ideal image for each prompt."""
 
     def __init__(self, conditioning: str = "text", dataset: str = "shapes") -> None:
-        self.meta = {"conditioning": {"type": conditioning}, "data": {"dataset": dataset}}
+        from ddpm.io.model_meta import ConditioningMeta, DataMeta, ModelMeta
 
-    def generate(self, num: int, *, prompts: list[str], seed: int = 0, **_: object):
+        text = {"kind": "word_transformer"} if conditioning == "text" else None
+        k = 3 if conditioning == "class" else None
+        cond = ConditioningMeta(type=conditioning, text_encoder=text, num_classes=k)
+        self.meta = ModelMeta(conditioning=cond, data=DataMeta(dataset=dataset))
+
+    def resolve(self, options):
+        from ddpm.pipelines import SamplingOptions
+
+        return options or SamplingOptions()
+
+    def generate(self, num: int, *, prompts: list[str], options, **_: object):
         assert num == len(prompts)
-        return _ideal_generator(prompts, seed), [{} for _ in prompts]
+        return _ideal_generator(prompts, options.seed), [{} for _ in prompts]
 
 
 def test_alignment_metric_entry() -> None:

@@ -219,7 +219,7 @@ def test_train_sample_export_eval_end_to_end(capsys, tmp_path, monkeypatch):
     assert [line.split()[0] for line in lines[1:4]] == ["accuracy", "fd", "bpd"]
     blob = json.loads(report.read_text())
     assert set(blob["metrics"]) == {"accuracy", "fd", "bpd"}
-    assert blob["options"]["num"] == 20 and blob["options"]["steps"] == 2
+    assert blob["options"]["num"] == 20 and blob["options"]["sampling"]["steps"] == 2
     assert blob["metrics"]["fd"]["repeats"] == 2 and blob["metrics"]["bpd"]["num"] == 3
     assert blob["meta"]["training"]["step"] == 2
 

@@ -89,3 +89,17 @@ def test_parameters_without_optional_fields():
         "\nSeed: 1, Denoising strength: 0.6, Clip skip: 2"
     )
     assert "Clip skip" not in format_parameters({"seed": 1, "clip_skip": 0})
+
+
+def test_save_generated_writes_each_image_and_a_grid(tmp_path):
+    from ddpm.io.images import save_generated
+
+    images = torch.linspace(-1, 1, 3 * 3 * 4 * 4).reshape(3, 3, 4, 4)
+    metas = [{"prompt": "p", "seed": 7 + i, "steps": 2} for i in range(3)]
+    paths, grid = save_generated(tmp_path / "out", images, metas, start=4, grid_nrow=2)
+    assert [p.name for p in paths] == ["00004-seed7.png", "00005-seed8.png", "00006-seed9.png"]
+    assert json.loads(read_png_metadata(paths[1])["ddpm"]) == metas[1]
+    grid_meta = json.loads(read_png_metadata(grid)["ddpm"])
+    assert (grid_meta["grid"], grid_meta["nrow"]) == ("3 images, seeds 7-9", 2)
+    paths, grid = save_generated(tmp_path / "sd", images[:1], metas[:1], name="{index:05d}-{seed}.png")
+    assert [p.name for p in paths] == ["00000-7.png"] and grid is None

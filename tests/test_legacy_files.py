@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from ddpm.io.vae_files import load_autoencoder_file
-from ddpm.pipelines import DiffusionPipeline, TextToImagePipeline
+from ddpm.pipelines import PixelPipeline, SamplingOptions
 
 LEGACY = Path(__file__).resolve().parent / "data" / "legacy"
 
@@ -24,16 +24,18 @@ def expected():
 
 
 def test_a_class_conditional_file_of_the_old_code_gives_its_images(expected):
-    pipe = DiffusionPipeline.load(LEGACY / "class.safetensors", device="cpu")
-    images, meta = pipe.generate(3, seed=5, class_labels=[0, 4, 9], steps=3, guidance_scale=2.0)
+    pipe = PixelPipeline.load(LEGACY / "class.safetensors", device="cpu")
+    images, meta = pipe.generate(3, class_labels=[0, 4, 9],
+        options=SamplingOptions(seed=5, steps=3, guidance_scale=2.0))
     torch.testing.assert_close(images, expected["class"], rtol=0, atol=1e-5)
     assert [m["class_label"] for m in meta] == [0, 4, 9]
 
 
 def test_a_text_to_image_file_of_the_old_code_gives_its_images(expected):
-    pipe = TextToImagePipeline.load(LEGACY / "text.safetensors", device="cpu")
+    pipe = PixelPipeline.load(LEGACY / "text.safetensors", device="cpu")
     prompts = ["a red circle", "a blue square above a green circle"]
-    images, meta = pipe.generate(2, prompts=prompts, seed=7, steps=3, guidance_scale=2.0)
+    images, meta = pipe.generate(2, prompts=prompts,
+        options=SamplingOptions(seed=7, steps=3, guidance_scale=2.0))
     torch.testing.assert_close(images, expected["text"], rtol=0, atol=1e-5)
     assert [m["prompt"] for m in meta] == prompts
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from ddpm.io.images import read_png_metadata, save_png
 from ddpm.io.sd import load_stable_diffusion, save_single_file
+from ddpm.pipelines import SamplingOptions
 from ddpm.pipelines.stable_diffusion import StableDiffusion, generation_kwargs
 
 diffusers = pytest.importorskip("diffusers")
@@ -220,18 +221,9 @@ def test_txt2img_matches_diffusers(ref, pipe, sampler, karras):
         latents=latents.clone(),
         output_type="np",
     ).images
-    ours = pipe.txt2img(
-        PROMPT,
-        negative_prompt=NEGATIVE,
-        steps=steps,
-        guidance_scale=6.0,
-        sampler=sampler,
-        karras=karras,
-        height=SIZE,
-        width=SIZE,
-        latents=latents,
-        num_images=2,
-    )
+    options = SamplingOptions(steps=steps, guidance_scale=6.0, sampler=sampler, karras=karras)
+    ours = pipe.txt2img(PROMPT, negative_prompt=NEGATIVE, height=SIZE, width=SIZE, latents=latents,
+                        num_images=2, options=options)
     diff = np.abs(_unit(ours.images) - expected).max()
     assert diff < TOL, f"{sampler} karras={karras}: max |ours - diffusers| = {diff:.2e}"
     assert expected.std() > 0.05  # the comparison is not between two flat images
@@ -248,7 +240,7 @@ def test_txt2img_from_the_single_file_matches_diffusers(ref, pipe_single):
         latents=latents.clone(),
         output_type="np",
     ).images
-    ours = pipe_single.txt2img("", steps=8, height=SIZE, width=SIZE, latents=latents)
+    ours = pipe_single.txt2img("", height=SIZE, width=SIZE, latents=latents, options=SamplingOptions(steps=8))
     assert np.abs(_unit(ours.images) - expected).max() < TOL
 
 
@@ -267,27 +259,18 @@ def test_img2img_matches_diffusers_with_the_same_noise(ref, pipe, sampler, karra
         generator=gens,
         output_type="np",
     ).images
-    ours = pipe.img2img(
-        image,
-        PROMPT,
-        strength=0.6,
-        negative_prompt=NEGATIVE,
-        steps=10,
-        guidance_scale=5.0,
-        sampler=sampler,
-        karras=karras,
-        seed=seed,
-        num_images=2,
-    )
+    ours = pipe.img2img(image, PROMPT, strength=0.6, negative_prompt=NEGATIVE, num_images=2,
+        options=SamplingOptions(steps=10, guidance_scale=5.0, sampler=sampler, karras=karras, seed=seed))
     assert ours.images.shape == (2, 3, SIZE, SIZE)
     assert np.abs(_unit(ours.images) - expected).max() < TOL
 
 
 def test_seed_gives_the_same_image_at_any_batch_position(pipe):
-    kw = dict(steps=4, height=SIZE, width=SIZE, sampler="euler_a")  # a stochastic sampler: noise per step too
-    three = pipe.txt2img("a cat", seed=40, num_images=3, **kw)
-    alone = pipe.txt2img("a cat", seed=42, **kw)
-    split = pipe.txt2img("a cat", seed=40, num_images=3, batch_size=2, **kw)
+    o = SamplingOptions(steps=4, sampler="euler_a")  # a stochastic sampler: noise per step too
+    kw = dict(height=SIZE, width=SIZE)
+    three = pipe.txt2img("a cat", num_images=3, **kw, options=o.replace(seed=40))
+    alone = pipe.txt2img("a cat", **kw, options=o.replace(seed=42))
+    split = pipe.txt2img("a cat", num_images=3, batch_size=2, **kw, options=o.replace(seed=40))
     assert [m["seed"] for m in three.metadata] == [40, 41, 42]
     torch.testing.assert_close(three.images[2], alone.images[0], rtol=0, atol=1e-5)
     torch.testing.assert_close(three.images, split.images, rtol=0, atol=1e-5)
@@ -297,16 +280,8 @@ def test_seed_gives_the_same_image_at_any_batch_position(pipe):
 def test_metadata_round_trip_regenerates_the_same_pixels(pipe, tmp_path):
     from ddpm.io.images import png_metadata
 
-    first = pipe.txt2img(
-        "a (red:1.3) [boat]",
-        negative_prompt="fog",
-        steps=5,
-        guidance_scale=4.0,
-        sampler="ddim",
-        height=SIZE,
-        width=SIZE + 8,
-        seed=7,
-    )
+    first = pipe.txt2img("a (red:1.3) [boat]", negative_prompt="fog", height=SIZE, width=SIZE + 8,
+        options=SamplingOptions(steps=5, guidance_scale=4.0, sampler="ddim", seed=7))
     path = save_png(tmp_path / "a.png", first.images[0], png_metadata(first.metadata[0]))
     text = read_png_metadata(path)
     assert "Steps: 5, Sampler: DDIM, CFG scale: 4, Seed: 7, Size: 40x32" in text["parameters"]
@@ -323,14 +298,14 @@ def test_metadata_round_trip_regenerates_the_same_pixels(pipe, tmp_path):
 
 def test_long_prompt_is_chunked_with_a_note(pipe):
     long = ", ".join(f"detail {i}" for i in range(60))
-    out = pipe.txt2img(long, steps=2, height=SIZE, width=SIZE, seed=1)
+    out = pipe.txt2img(long, height=SIZE, width=SIZE, options=SamplingOptions(steps=2, seed=1))
     assert "chunks of 75 tokens (not truncated)" in out.metadata[0]["prompt_note"]
-    short = pipe.txt2img("detail", steps=2, height=SIZE, width=SIZE, seed=1)
+    short = pipe.txt2img("detail", height=SIZE, width=SIZE, options=SamplingOptions(steps=2, seed=1))
     assert "prompt_note" not in short.metadata[0]
 
 
 def test_attention_weights_change_the_image(pipe):
-    kw = dict(steps=3, height=SIZE, width=SIZE, seed=3)
+    kw = dict(height=SIZE, width=SIZE, options=SamplingOptions(steps=3, seed=3))
     plain = pipe.txt2img("a cat on a mat", **kw).images
     weighted = pipe.txt2img("a (cat:1.6) on a mat", **kw).images
     same = pipe.txt2img("a (cat:1) on a mat", **kw).images
@@ -345,7 +320,8 @@ def test_inpaint_with_latent_blending_keeps_the_unmasked_region(pipe, monkeypatc
     decoded = []
     real_decode = pipe._decode
     monkeypatch.setattr(pipe, "_decode", lambda z: decoded.append(z) or real_decode(z))
-    out = pipe.inpaint(image, Image.fromarray(mask), "a red ball", steps=6, seed=2, sampler="dpmpp_2m")
+    out = pipe.inpaint(image, Image.fromarray(mask), "a red ball",
+        options=SamplingOptions(steps=6, seed=2, sampler="dpmpp_2m"))
     assert out.metadata[0]["inpainting"] == "latent blending"
     pixels = torch.from_numpy(np.asarray(image, np.float32) / 255 * 2 - 1).permute(2, 0, 1)[None]
     posterior = pipe.vae.encode_posterior(pixels)
@@ -381,27 +357,54 @@ def test_inpainting_checkpoint_matches_diffusers(tmp_path):
             num_inference_steps=10, guidance_scale=5.0, generator=[torch.Generator().manual_seed(7)],
             height=SIZE, width=SIZE, output_type="np",
         ).images  # fmt: skip
-        ours = pipe.inpaint(_photo(), mask, PROMPT, strength=strength, negative_prompt=NEGATIVE, steps=10,
-                            guidance_scale=5.0, sampler=sampler, karras=karras, seed=7)  # fmt: skip
+        options = SamplingOptions(steps=10, guidance_scale=5.0, sampler=sampler, karras=karras, seed=7)
+        ours = pipe.inpaint(_photo(), mask, PROMPT, strength=strength, negative_prompt=NEGATIVE,
+                            options=options)
         assert np.abs(_unit(ours.images) - expected).max() < TOL, (sampler, strength)
     assert ours.metadata[0]["inpainting"] == "9-channel UNet"
     with pytest.raises(ValueError, match="inpainting checkpoint"):
-        pipe.txt2img("a door", steps=2, height=SIZE, width=SIZE)
+        pipe.txt2img("a door", height=SIZE, width=SIZE, options=SamplingOptions(steps=2))
 
 
 def test_any_image_mode_and_size_is_resized(pipe):
     rgba = Image.new("RGBA", (50, 30), (200, 10, 10, 128))
-    out = pipe.img2img(rgba, "x", steps=2, height=SIZE, width=SIZE, seed=0)
+    out = pipe.img2img(rgba, "x", height=SIZE, width=SIZE, options=SamplingOptions(steps=2, seed=0))
     assert out.images.shape == (1, 3, SIZE, SIZE)
     grey16 = Image.fromarray((np.arange(40 * 40).reshape(40, 40) * 40).astype(np.uint16))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # 40x40 is a multiple of 4: used as it is, no warning
-        assert pipe.img2img(grey16, "x", steps=2, seed=0).images.shape == (1, 3, 40, 40)
+        assert pipe.img2img(grey16, "x",
+            options=SamplingOptions(steps=2, seed=0)).images.shape == (1, 3, 40, 40)
     with pytest.warns(UserWarning, match="not a multiple of 4; generating at 36x32"):
-        odd = pipe.img2img(Image.new("P", (37, 31)), "x", steps=2, seed=0)
+        odd = pipe.img2img(Image.new("P", (37, 31)), "x", options=SamplingOptions(steps=2, seed=0))
     assert odd.images.shape == (1, 3, 32, 36)
     mask = Image.new("L", (7, 5), 255)  # another size: resized to the image
-    assert pipe.inpaint(_photo(), mask, "x", steps=2, seed=0).images.shape == (1, 3, SIZE, SIZE)
+    assert pipe.inpaint(_photo(), mask, "x",
+        options=SamplingOptions(steps=2, seed=0)).images.shape == (1, 3, SIZE, SIZE)
+
+
+def test_an_exif_rotated_photo_gives_the_upright_photos_image(pipe, tmp_path):
+    upright = _photo(3).crop((0, 0, SIZE, SIZE * 3 // 4))  # 32x24: a turn would change the size too
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # as a phone stores a photo taken sideways
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: "turn 90 degrees clockwise to show"
+    stored.save(tmp_path / "phone.png", exif=exif)
+    with Image.open(tmp_path / "phone.png") as im:
+        assert im.size == (24, 32) and im.getexif()[0x0112] == 6
+        tagged = im.copy()
+    o = SamplingOptions(steps=2, seed=0)
+    want = pipe.img2img(upright, "x", options=o).images
+    assert want.shape == (1, 3, 24, 32)
+    for image in (tmp_path / "phone.png", tagged):
+        torch.testing.assert_close(pipe.img2img(image, "x", options=o).images, want, rtol=0, atol=0)
+    mask = Image.new("L", (24, 32), 0)
+    mask.paste(255, (0, 0, 24, 8))  # the stored top: the right edge once turned upright
+    upright_mask = Image.new("L", (32, 24), 0)
+    upright_mask.paste(255, (24, 0, 32, 24))
+    mask.info["exif"] = exif.tobytes()
+    got = pipe.inpaint(tagged, mask, "x", options=o).images
+    upright_got = pipe.inpaint(upright, upright_mask, "x", options=o).images
+    torch.testing.assert_close(got, upright_got, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(
@@ -412,9 +415,10 @@ def test_any_image_mode_and_size_is_resized(pipe):
             r"height=30 is not a multiple of 4 .*; use 28 or 32",
         ),
         (lambda p: p.txt2img("x", height=0, width=SIZE), "positive integer"),
-        (lambda p: p.txt2img("x", sampler="k_lms", height=SIZE, width=SIZE), "unknown sampler"),
+        (lambda p: p.txt2img("x", height=SIZE, width=SIZE,
+            options=SamplingOptions(sampler="k_lms")), "unknown sampler"),
         (lambda p: p.txt2img("x", num_images=0, height=SIZE, width=SIZE), "num_images"),
-        (lambda p: p.txt2img("x", seed=-1, height=SIZE, width=SIZE), "seed"),
+        (lambda p: p.txt2img("x", height=SIZE, width=SIZE, options=SamplingOptions(seed=-1)), "seed"),
         (lambda p: p.txt2img(None, height=SIZE, width=SIZE), "prompt and negative_prompt must be strings"),
         (lambda p: p.txt2img("x", latents=torch.zeros(1, 4, 8, 8), height=SIZE, width=SIZE), "latents must"),
         (lambda p: p.img2img(_photo(), "x", strength=0.0), "strength"),
@@ -447,8 +451,9 @@ def test_a_decompression_bomb_is_a_value_error(pipe, tmp_path):
 def test_txt2img_defaults_to_the_size_the_model_was_trained_at(pipe, pipe_single):
     """The UNet's sample size (16) times the VAE factor (2), from the folder and from the single file."""
     assert pipe.default_size == pipe_single.default_size == SIZE
-    assert pipe_single.txt2img("x", steps=1, seed=0).images.shape == (1, 3, SIZE, SIZE)
-    assert pipe.txt2img("x", steps=1, seed=0, width=SIZE + 8).images.shape == (1, 3, SIZE, SIZE + 8)
+    one_step = SamplingOptions(steps=1, seed=0)
+    assert pipe_single.txt2img("x", options=one_step).images.shape == (1, 3, SIZE, SIZE)
+    assert pipe.txt2img("x", options=one_step, width=SIZE + 8).images.shape == (1, 3, SIZE, SIZE + 8)
 
 
 def test_fp16_vae_nan_is_retried_in_fp32(pipe, monkeypatch):
@@ -497,7 +502,7 @@ def test_generation_kwargs_refuses_what_cannot_be_regenerated():
     with pytest.raises(ValueError, match="pass the same latents"):
         generation_kwargs(meta)
     meta.update(latents_supplied=False, mode="img2img", strength=0.5)
-    assert generation_kwargs(meta)["strength"] == 0.5 and generation_kwargs(meta)["seed"] == 1
+    assert generation_kwargs(meta)["strength"] == 0.5 and generation_kwargs(meta)["options"].seed == 1
 
 
 def test_load_refuses_unknown_dtypes(ref):

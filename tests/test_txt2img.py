@@ -1,4 +1,4 @@
-"""Text-to-image end to end: a tiny text model trains a few steps, `TextToImagePipeline` and `ddpm txt2img`
+"""Text-to-image end to end: a tiny text model trains a few steps, `PixelPipeline` and `ddpm txt2img`
 generate from it (metadata, seeds, guidance, empty / long / unknown prompts); SD checkpoints go to the SD
 path."""
 
@@ -19,7 +19,7 @@ from ddpm.data import register_builtin
 from ddpm.data.shapes import ShapesDataset
 from ddpm.io.images import read_png_metadata
 from ddpm.io.model_file import file_hash, load_model_file
-from ddpm.pipelines.text import TextToImagePipeline
+from ddpm.pipelines import PixelPipeline, SamplingOptions
 from ddpm.training import export_model, train
 from ddpm.training.data import BatchSource
 
@@ -68,7 +68,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipe(run):
-    p = TextToImagePipeline.load(run, device="cpu")
+    p = PixelPipeline.load(run, device="cpu")
     # Three steps leave the UNet's zero-initialised layers (output conv, attention projections) near zero:
     # give them weight so that outputs depend visibly on the prompt.
     torch.manual_seed(1)
@@ -131,7 +131,7 @@ def test_caption_curriculum_reaches_the_model_by_step_and_resumes_exactly(tmp_pa
 
 
 def test_pipeline_loads_the_trained_text_encoder(run):
-    p = TextToImagePipeline.load(run, device="cpu")
+    p = PixelPipeline.load(run, device="cpu")
     assert isinstance(p.conditioner, WordTextConditioner)
     tensors, _ = load_model_file(run / "checkpoints" / "step-3" / "ema.safetensors")
     key = "text_encoder.encoder.token_embedding.weight"
@@ -141,8 +141,9 @@ def test_pipeline_loads_the_trained_text_encoder(run):
 
 def test_image_i_depends_on_seed_plus_i_only(pipe):
     prompts = ["a red circle", "a blue square above a green triangle", "a white triangle"]
-    a, meta = pipe.generate(3, prompts=prompts, seed=5, steps=3, guidance_scale=3, batch_size=2)
-    b, _ = pipe.generate(1, prompts=prompts[1], seed=6, steps=3, guidance_scale=3)
+    a, meta = pipe.generate(3, prompts=prompts, batch_size=2,
+        options=SamplingOptions(seed=5, steps=3, guidance_scale=3))
+    b, _ = pipe.generate(1, prompts=prompts[1], options=SamplingOptions(seed=6, steps=3, guidance_scale=3))
     assert a.shape == (3, 3, 16, 16) and a.min() >= -1 and a.max() <= 1
     assert torch.allclose(a[1], b[0], atol=1e-5)
     assert [m["seed"] for m in meta] == [5, 6, 7] and meta[1]["prompt"] == prompts[1]
@@ -152,9 +153,9 @@ def test_guidance_scale_one_is_the_conditional_model(pipe):
     """s = 1 samples the conditional model alone: equal to `ddpm.sample` with the prompt's context and no
     uncond, and independent of the negative prompt."""
     prompt = "a small yellow circle to the left of a purple square"
-    x, _ = pipe.generate(2, prompts=prompt, seed=0, steps=4, guidance_scale=1.0)
-    y, _ = pipe.generate(2, prompts=prompt, negative_prompt="a red square", seed=0, steps=4,
-                         guidance_scale=1.0)
+    x, _ = pipe.generate(2, prompts=prompt, options=SamplingOptions(seed=0, steps=4, guidance_scale=1.0))
+    y, _ = pipe.generate(2, prompts=prompt, negative_prompt="a red square",
+        options=SamplingOptions(seed=0, steps=4, guidance_scale=1.0))
     gens = [torch.Generator().manual_seed(i) for i in range(2)]
     noise = torch.stack([torch.randn(3, 16, 16, generator=g) for g in gens])
     with torch.no_grad():
@@ -166,7 +167,7 @@ def test_guidance_scale_one_is_the_conditional_model(pipe):
 
 
 def test_negative_prompt_replaces_the_empty_prompt_under_guidance(pipe):
-    kw = dict(prompts="a red circle", seed=0, steps=3, guidance_scale=4.0)
+    kw = dict(prompts="a red circle", options=SamplingOptions(seed=0, steps=3, guidance_scale=4.0))
     plain, meta = pipe.generate(1, **kw)
     neg, meta_neg = pipe.generate(1, negative_prompt="a green circle", **kw)
     same_as_empty, _ = pipe.generate(1, negative_prompt="", **kw)
@@ -176,16 +177,16 @@ def test_negative_prompt_replaces_the_empty_prompt_under_guidance(pipe):
 
 
 def test_empty_long_and_unknown_prompts(pipe):
-    empty, meta = pipe.generate(1, prompts="", seed=0, steps=2, guidance_scale=3.0)
+    empty, meta = pipe.generate(1, prompts="", options=SamplingOptions(seed=0, steps=2, guidance_scale=3.0))
     assert torch.isfinite(empty).all() and meta[0]["prompt"] == ""
     long = " ".join(["a large red circle"] * 5)  # 20 words; 14 fit the context
     with pytest.warns(UserWarning, match=r"6 word\(s\) dropped"):
-        pipe.generate(1, prompts=long, seed=0, steps=2)
+        pipe.generate(1, prompts=long, options=SamplingOptions(seed=0, steps=2))
     with pytest.warns(UserWarning, match="'hexagon'"):
-        img, _ = pipe.generate(1, prompts="a red hexagon", seed=0, steps=2)
+        img, _ = pipe.generate(1, prompts="a red hexagon", options=SamplingOptions(seed=0, steps=2))
     assert torch.isfinite(img).all()
     with pytest.raises(ValueError, match="one per image"):
-        pipe.generate(3, prompts=["a", "b"], steps=2)
+        pipe.generate(3, prompts=["a", "b"], options=SamplingOptions(steps=2))
 
 
 def test_txt2img_cli_writes_pngs_with_metadata(run, tmp_path, capsys):
@@ -220,7 +221,7 @@ def test_txt2img_sends_stable_diffusion_checkpoints_to_the_sd_path_and_refuses_o
     assert main(["txt2img", "--model", str(other), "a cat", "--out", str(tmp_path / "o")]) == 2
     assert "neither a ddpm model" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError):
-        TextToImagePipeline.load(tmp_path / "missing")
+        PixelPipeline.load(tmp_path / "missing")
 
 
 def test_eval_alignment_scores_a_text_model(run, tmp_path, capsys):

@@ -9,11 +9,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..config.choices import SAMPLER_NAMES, SPACINGS
 from . import UsageError
 
 __all__ = [
     "positive_int", "non_negative_int", "finite_float", "non_negative_float", "add_sampling_args",
-    "check_out_folder", "check_out_file", "model_kind", "load_pipeline", "parse_class",
+    "sampling_options", "check_out_folder", "check_out_file", "model_kind", "load_pipeline", "parse_class",
 ]  # fmt: skip
 
 
@@ -60,12 +61,16 @@ def non_negative_float(text: str) -> float:
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, *, num: int) -> None:
-    """--sampler/--steps/--guidance/--seed/--num/--batch-size, defaults from the model file where None."""
+    """--sampler/--steps/--spacing/--karras/--guidance/--eta/--seed/--num/--batch-size (None: the model's)."""
     g = parser.add_argument_group("sampling (defaults: the model file's own settings)")
-    g.add_argument("--sampler", help="ddpm, ddim, plms, euler, euler_a, heun or dpmpp_2m")
+    g.add_argument("--sampler", help=f"{', '.join(SAMPLER_NAMES)} (default: the model's)")
     g.add_argument("--steps", type=positive_int, help="number of sampling steps")
+    g.add_argument("--spacing", choices=SPACINGS, help="timestep spacing (default: the model's)")
+    g.add_argument("--karras", action="store_true", help='Karras sigmas ("DPM++ 2M Karras")')
     g.add_argument("--guidance", type=finite_float, metavar="SCALE",
                    help="classifier-free guidance scale (1 = off)")
+    g.add_argument("--eta", type=non_negative_float, default=0.0,
+                   help="stochasticity of ddim (0 = deterministic)")
     g.add_argument("--seed", type=non_negative_int, default=0, help="image i uses seed + i (default 0)")
     g.add_argument("--num", type=positive_int, default=num, help=f"number of images (default {num})")
     g.add_argument("--batch-size", type=positive_int, default=64, help="images per model call (default 64)")
@@ -155,9 +160,19 @@ def model_kind(path: str | Path) -> str:
     return "ddpm-" + str((meta.get("conditioning") or {}).get("type") or "none")
 
 
+def sampling_options(args: argparse.Namespace) -> Any:
+    """The `SamplingOptions` of the parsed sampling arguments (those a parser lacks stay unset)."""
+    from ..pipelines import SamplingOptions
+
+    names = {"sampler": "sampler", "steps": "steps", "spacing": "spacing", "guidance_scale": "guidance",
+             "seed": "seed", "clip_skip": "clip_skip"}
+    fields = {k: getattr(args, a) for k, a in names.items() if getattr(args, a, None) is not None}
+    return SamplingOptions(karras=bool(getattr(args, "karras", False)), eta=float(getattr(args, "eta", 0.0)),
+                           **fields)
+
+
 def load_pipeline(model: str) -> Any:
-    """The pipeline of a run folder or a model .safetensors file (`TextToImagePipeline` for text models,
-    else `DiffusionPipeline`), with a clear error otherwise."""
+    """The `PixelPipeline` of a run folder or a model .safetensors file, with a clear error otherwise."""
     kind = model_kind(model)
     if kind == "sd":
         raise UsageError(f"{model!r} is a Stable Diffusion checkpoint; generate with it through "
@@ -165,31 +180,24 @@ def load_pipeline(model: str) -> Any:
     if kind == "pickle":
         raise UsageError(f"{model!r} is a pickled checkpoint, not a ddpm model (a run folder or a "
                          ".safetensors from `ddpm export`); it was not unpickled")
-    from ..pipelines import DiffusionPipeline, TextToImagePipeline
+    from ..pipelines import PixelPipeline
 
-    if kind == "ddpm-text":
-        return TextToImagePipeline.load(model)
-    return DiffusionPipeline.load(model)
+    return PixelPipeline.load(model)
 
 
-def parse_class(text: str | None, meta: dict[str, Any]) -> int | None:
-    """--class as an index or one of the model's class names -> index (None stays None)."""
+def parse_class(text: str | None, meta: Any) -> int | None:
+    """--class as an index or one of the model's class names (`meta`: a `ModelMeta`) -> index."""
     if text is None:
         return None
-    cond = meta.get("conditioning") or {}
-    if cond.get("type") != "class":
-        raise ValueError(
-            "--class needs a class-conditional model; this one is " + str(cond.get("type", "none"))
-        )
-    names = (meta.get("data") or {}).get("class_names") or []
-    k = int(cond.get("num_classes") or len(names))
+    if meta.condition != "class":
+        raise ValueError(f"--class needs a class-conditional model; this one is {meta.condition}")
+    names = meta.class_names or []
     if text in names:
         return names.index(text)
     try:
         index = int(text)
     except ValueError:
         index = -1
-    if not 0 <= index < k:
-        shown = ", ".join(names) if names else f"0 … {k - 1}"
-        raise ValueError(f"unknown class {text!r}; this model knows {k} classes: {shown}")
+    if not 0 <= index < len(names):
+        raise ValueError(f"unknown class {text!r}; this model knows {len(names)} classes: {', '.join(names)}")
     return index

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..config.choices import SAMPLER_NAMES, SD_DEFAULTS, SPACINGS
 from . import UsageError
 from ._common import (
     check_out_folder,
@@ -20,15 +21,13 @@ from ._common import (
     non_negative_float,
     non_negative_int,
     positive_int,
+    sampling_options,
 )
 
 __all__ = ["add_sd_arguments", "is_sd_model", "parse_size", "run_sd", "run_sd_txt2img"]
 
-_DEFAULTS: dict[str, Any] = {
-    "negative": "", "steps": 30, "guidance": 7.5, "sampler": "dpmpp_2m", "karras": False, "spacing": None,
-    "seed": None, "size": None, "num": 1, "batch_size": None, "eta": 0.0, "clip_skip": 0, "device": "auto",
-    "dtype": "auto", "vae_tile": None, "compile": False, "quiet": False, "out": "outputs",
-}  # fmt: skip
+# What a parser without an option gets (the sampling defaults are SD_DEFAULTS, filled by the pipeline).
+_RUNTIME: dict[str, Any] = {"num": 1, "device": "auto", "dtype": "auto", "compile": False, "out": "outputs"}
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 
 
@@ -46,7 +45,7 @@ def add_sd_arguments(parser: argparse.ArgumentParser, *, image: bool = False, ma
     parser.add_argument("--model", required=True, help="SD 1.x diffusers folder or .safetensors/.ckpt file")
     if image:
         parser.add_argument("--image", required=True, help="the input image (any mode and size)")
-        default = 1.0 if mask else 0.75
+        default = SD_DEFAULTS["strength"]["inpaint" if mask else "img2img"]
         parser.add_argument("--strength", type=finite_float, default=default,
                             help=f"how far to move from the image, 0 … 1 (default {default})")
     if mask:
@@ -54,13 +53,12 @@ def add_sd_arguments(parser: argparse.ArgumentParser, *, image: bool = False, ma
     parser.add_argument("--out", default="outputs", help="folder for the PNGs (default outputs/)")
     g = parser.add_argument_group("sampling")
     g.add_argument("--negative", default="", metavar="TEXT", help="negative prompt")
-    g.add_argument("--steps", type=positive_int, default=30, help="sampling steps (default 30)")
-    g.add_argument("--guidance", type=finite_float, default=7.5, metavar="SCALE",
-                   help="CFG scale (default 7.5)")
-    g.add_argument("--sampler", default="dpmpp_2m",
-                   help="ddim, plms, euler, euler_a, heun, dpmpp_2m or ddpm (default dpmpp_2m)")
+    g.add_argument("--steps", type=positive_int, help=f"sampling steps (default {SD_DEFAULTS['steps']})")
+    g.add_argument("--guidance", type=finite_float, metavar="SCALE",
+                   help=f"CFG scale (default {SD_DEFAULTS['guidance_scale']})")
+    g.add_argument("--sampler", help=f"{', '.join(SAMPLER_NAMES)} (default {SD_DEFAULTS['sampler']})")
     g.add_argument("--karras", action="store_true", help="Karras sigmas (\"DPM++ 2M Karras\")")
-    g.add_argument("--spacing", choices=("leading", "linspace", "trailing"),
+    g.add_argument("--spacing", choices=SPACINGS,
                    help="timestep spacing (default: the model's, leading for SD 1.x)")
     g.add_argument("--seed", type=non_negative_int, help="image i uses seed + i (default: random)")
     g.add_argument("--size", type=parse_size, metavar="WxH",
@@ -69,7 +67,7 @@ def add_sd_arguments(parser: argparse.ArgumentParser, *, image: bool = False, ma
     g.add_argument("--num", type=positive_int, default=1, help="number of images (default 1)")
     g.add_argument("--batch-size", type=positive_int, help="images per model call (default: all)")
     g.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM's noise (0 = deterministic)")
-    g.add_argument("--clip-skip", type=non_negative_int, default=0, help="text-encoder layers to skip")
+    g.add_argument("--clip-skip", type=non_negative_int, help="text-encoder layers to skip (default 0)")
     r = parser.add_argument_group("runtime")
     r.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default: cuda if available)")
     r.add_argument("--dtype", default="auto", help="float32, float16, bfloat16 (default fp16 on GPU)")
@@ -89,9 +87,9 @@ def is_sd_model(path: str | Path) -> bool:
 
 
 def _opt(args: argparse.Namespace, name: str) -> Any:
-    """`args.name`, or the SD default when the calling parser lacks the option or left it None."""
+    """`args.name`, or the runtime default when the calling parser lacks the option or left it None."""
     value = getattr(args, name, None)
-    return _DEFAULTS.get(name) if value is None else value
+    return _RUNTIME.get(name) if value is None else value
 
 
 def run_sd(args: argparse.Namespace, mode: str) -> int:
@@ -104,17 +102,14 @@ def run_sd(args: argparse.Namespace, mode: str) -> int:
         raise UsageError(f"--strength must lie in (0, 1] (1 = ignore the image), got {args.strength}")
     image_size = _check_images(args, mode)  # before the model loads: a bad image or output fails in seconds
     out = check_out_folder(_opt(args, "out"))
-    from ..io.images import png_metadata, save_png
+    from ..io.images import save_generated
     from ..pipelines.stable_diffusion import StableDiffusion
 
     pipe = StableDiffusion.load(model, device=_opt(args, "device"), dtype=_opt(args, "dtype"),
                                 compile=bool(_opt(args, "compile")), vae_tile=_opt(args, "vae_tile"))
     kw: dict[str, Any] = dict(
-        negative_prompt=_opt(args, "negative") or "", steps=_opt(args, "steps"),
-        guidance_scale=_opt(args, "guidance"), sampler=_opt(args, "sampler"), spacing=_opt(args, "spacing"),
-        karras=bool(_opt(args, "karras")), seed=_opt(args, "seed"), num_images=_opt(args, "num"),
-        batch_size=_opt(args, "batch_size"), eta=_opt(args, "eta"), clip_skip=_opt(args, "clip_skip"),
-        progress=not _opt(args, "quiet"),
+        negative_prompt=_opt(args, "negative") or "", options=sampling_options(args),
+        num_images=_opt(args, "num"), batch_size=_opt(args, "batch_size"), progress=not _opt(args, "quiet"),
     )  # fmt: skip
     size = _opt(args, "size")
     if size is not None:
@@ -130,10 +125,9 @@ def run_sd(args: argparse.Namespace, mode: str) -> int:
         result = pipe.inpaint(args.image, args.mask, prompt, strength=args.strength, **kw)
     else:
         raise ValueError(f"unknown SD mode {mode!r}")
-    out.mkdir(parents=True, exist_ok=True)
-    start = _next_index(out)
-    for k, (image, meta) in enumerate(zip(result.images, result.metadata)):
-        path = save_png(out / f"{start + k:05d}-{meta['seed']}.png", image, png_metadata(meta))
+    start = _next_index(out) if out.is_dir() else 0
+    paths, _ = save_generated(out, result.images, result.metadata, start=start, name="{index:05d}-{seed}.png")
+    for path in paths:
         print(path)
     note = result.metadata[0].get("prompt_note")
     if note:
@@ -174,8 +168,9 @@ def _plan(pipe: Any, mode: str, size: tuple[int, int], kw: dict[str, Any]) -> st
     width, height = (max(m, round(side / m) * m) for side in size)  # as the pipeline rounds an image's size
     f = pipe.vae.config.downsampling_factor * min(pipe.unet.config.attention_resolutions or (1,))
     positions = (height // f) * (width // f)
-    calls = kw["steps"] * kw["num_images"] * (1 if float(kw["guidance_scale"]) == 1.0 else 2)
-    line = (f"{mode}: {kw['num_images']} image(s) of {width}x{height}, {kw['steps']} steps: up to {calls} "
+    options = pipe.resolve(kw["options"])
+    calls = options.steps * kw["num_images"] * (1 if float(options.guidance_scale) == 1.0 else 2)
+    line = (f"{mode}: {kw['num_images']} image(s) of {width}x{height}, {options.steps} steps: up to {calls} "
             f"UNet calls, attention over {positions} positions")
     if positions > _SLOW_ATTENTION:
         line += f"; that is slow, the model's own size is {pipe.default_size}x{pipe.default_size} (--size)"

@@ -83,10 +83,10 @@ def _prepare_run(config: Any, run_dir: Path, *, retrain: bool) -> str:
 
 def _trained_step(run_dir: Path) -> int:
     """The step of the run's latest complete checkpoint."""
-    from ..io.model_file import read_model_meta
+    from ..io.model_file import read_meta
     from ..io.run_folder import run_model_file
 
-    return int((read_model_meta(run_model_file(run_dir)).get("training") or {}).get("step", 0))
+    return read_meta(run_model_file(run_dir)).training.step
 
 
 def run(args: argparse.Namespace) -> int:
@@ -130,17 +130,16 @@ def run(args: argparse.Namespace) -> int:
         results_to_dict,
     )
     from ..io.images import make_grid, png_metadata, save_png
-    from ..pipelines import DiffusionPipeline
+    from ..pipelines import PixelPipeline, SamplingOptions
 
-    pipe = DiffusionPipeline.load(run_dir)
-    k = int(pipe.meta["conditioning"]["num_classes"])
+    pipe = PixelPipeline.load(run_dir)
+    k = int(pipe.num_classes or 0)
     num = k * args.per_class
     labels = balanced_labels(num, k)
     t0 = time.perf_counter()
     with torch.no_grad():
-        images, metas = pipe.generate(
-            num, seed=args.seed, class_labels=labels, guidance_scale=args.guidance, progress=not args.quiet
-        )
+        options = SamplingOptions(seed=args.seed, guidance_scale=args.guidance)
+        images, metas = pipe.generate(num, class_labels=labels, options=options, progress=not args.quiet)
     t_sample = time.perf_counter() - t0
     grid_meta = dict(metas[0], grid=f"{k} rows (classes 0-{k - 1}) x {args.per_class}, seeds {args.seed}+i")
     grid_path = save_png(run_dir / "samples.png", make_grid(images, args.per_class), png_metadata(grid_meta))

@@ -8,7 +8,7 @@ import json
 import time
 from typing import Any
 
-from ._common import add_sampling_args, check_out_file, load_pipeline, positive_int
+from ._common import add_sampling_args, check_out_file, load_pipeline, positive_int, sampling_options
 
 HELP = "measure a model: fd (vs its floor), class accuracy, bits/dim"
 
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     names = parse_metrics(args.metric)  # check the names before loading anything
     options = EvalOptions(
-        num=args.num, seed=args.seed, sampler=args.sampler, steps=args.steps, guidance_scale=args.guidance,
+        num=args.num, seed=args.seed, sampling=sampling_options(args).replace(seed=None),
         batch_size=args.batch_size, bpd_num=args.bpd_num, fd_repeats=args.fd_repeats, progress=not args.quiet,
     )  # fmt: skip
     pipe = load_pipeline(args.model)
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if out is not None:
         blob = {
             "model": str(args.model),
-            "meta": {k: pipe.meta.get(k) for k in ("data", "conditioning", "sampling", "training")},
+            "meta": {k: pipe.meta.to_dict().get(k) for k in ("data", "conditioning", "sampling", "training")},
             "options": options.to_dict(),
             "seconds": seconds,
             "metrics": results_to_dict(results),

@@ -11,9 +11,9 @@ from ._common import (
     add_sampling_args,
     check_out_folder,
     load_pipeline,
-    non_negative_float,
     parse_class,
     positive_int,
+    sampling_options,
 )
 
 HELP = "generate images from a trained model (PNGs with metadata and a grid)"
@@ -32,8 +32,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--class", dest="cls", metavar="CLASS", help="class index or name (class-conditional models)"
     )
-    p.add_argument("--eta", type=non_negative_float, default=0.0,
-                   help="stochasticity of ddim (0 = deterministic)")
     p.add_argument(
         "--nrow", type=positive_int, help="images per grid row (default: one row per class, or square)"
     )
@@ -49,38 +47,31 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..evaluation import balanced_labels
-    from ..io.images import make_grid, png_metadata, save_png
+    from ..io.images import save_generated
 
-    meta = pipe.meta
-    cond = (meta.get("conditioning") or {}).get("type") or "none"
+    options = sampling_options(args)
+    cond = pipe.condition
     if cond == "text":
         raise ValueError(
             f"{args.model} is a text-conditional model; it is sampled from a prompt (ddpm txt2img)"
         )
-    label = parse_class(args.cls, meta)
+    label = parse_class(args.cls, pipe.meta)
     labels = None
-    num_classes = int((meta.get("conditioning") or {}).get("num_classes") or 0)
+    num_classes = pipe.num_classes or 0
     if label is not None:
         labels = torch.full((args.num,), label, dtype=torch.long)
     elif cond == "class":
         labels = balanced_labels(args.num, num_classes)  # rows of classes 0, 1, 2, …
 
     images, metas = pipe.generate(
-        args.num, seed=args.seed, class_labels=labels, guidance_scale=args.guidance, sampler=args.sampler,
-        steps=args.steps, eta=args.eta, batch_size=args.batch_size, progress=not args.quiet,
-    )  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    for i, (image, m) in enumerate(zip(images, metas)):
-        save_png(out / f"{i:05d}-seed{args.seed + i}.png", image, png_metadata(m))
+        args.num, class_labels=labels, options=options, batch_size=args.batch_size, progress=not args.quiet
+    )
     if args.nrow:
         nrow = args.nrow
     elif labels is not None and label is None and args.num % num_classes == 0:
         nrow = args.num // num_classes
     else:
         nrow = math.ceil(math.sqrt(args.num))
-    grid_meta = dict(
-        metas[0], grid=f"{args.num} images, seeds {args.seed}-{args.seed + args.num - 1}", nrow=nrow
-    )
-    grid_path = save_png(out / "grid.png", make_grid(images, nrow), png_metadata(grid_meta))
+    _, grid_path = save_generated(out, images, metas, grid_nrow=nrow)
     print(f"wrote {args.num} images and {grid_path}")
     return 0

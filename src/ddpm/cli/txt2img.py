@@ -4,7 +4,7 @@ prompt, seed, sampler, steps, guidance, size and model hash in its metadata) and
 The model kind is read from the file's content (`_common.model_kind`), before any option is judged: a
 Stable Diffusion 1.x checkpoint (diffusers folder, a single file with an SD UNet, or a pickled checkpoint,
 which the SD loader reads without running code) goes to the SD pipeline (cli/_sd.py); a ddpm model file
-whose "ddpm" metadata says "conditioning": text goes to `TextToImagePipeline`.
+whose "ddpm" metadata says "conditioning": text goes to `PixelPipeline`.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import math
 from typing import Any
 
 from . import UsageError
-from ._common import add_sampling_args, check_out_folder, model_kind, non_negative_float, non_negative_int
+from ._common import add_sampling_args, check_out_folder, model_kind, non_negative_int, sampling_options
 from ._sd import parse_size
 
 HELP = "generate images from a text prompt (PNGs with metadata and a grid)"
-_SD_ONLY = ("size", "karras", "spacing", "clip_skip", "device", "dtype", "vae_tile", "compile")
+_SD_ONLY = ("size", "clip_skip", "device", "dtype", "vae_tile", "compile")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -37,15 +37,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--negative", default="", metavar="PROMPT", help="negative prompt (replaces the empty one)"
     )
-    p.add_argument("--eta", type=non_negative_float, default=0.0,
-                   help="stochasticity of ddim (0 = deterministic)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_sampling_args(p, num=4)
     sd = p.add_argument_group("Stable Diffusion checkpoints only (defaults: SD 1.x's)")
     sd.add_argument("--size", type=parse_size, metavar="WxH",
                     help="e.g. 512x768 (default: the model's, 512x512 for SD 1.x)")
-    sd.add_argument("--karras", action="store_true", help='Karras sigmas ("DPM++ 2M Karras")')
-    sd.add_argument("--spacing", choices=("leading", "linspace", "trailing"), help="timestep spacing")
     sd.add_argument("--clip-skip", type=non_negative_int, help="text-encoder layers to skip")
     sd.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
     sd.add_argument("--dtype", help="float32, float16, bfloat16 (default fp16 on GPU)")
@@ -71,21 +67,15 @@ def run(args: argparse.Namespace) -> int:
             "with `ddpm sample`"
         )
     out = check_out_folder(args.out)
-    from ..io.images import make_grid, png_metadata, save_png
-    from ..pipelines.text import TextToImagePipeline
+    from ..io.images import save_generated
+    from ..pipelines import PixelPipeline
 
-    pipe = TextToImagePipeline.load(args.model)
+    options = sampling_options(args)
+    pipe = PixelPipeline.load(args.model)
     images, metas = pipe.generate(
-        args.num, prompts=args.prompt, negative_prompt=args.negative, seed=args.seed,
-        guidance_scale=args.guidance, sampler=args.sampler, steps=args.steps, eta=args.eta,
+        args.num, prompts=args.prompt, negative_prompt=args.negative, options=options,
         batch_size=args.batch_size, progress=not args.quiet,
     )  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    for i, (image, m) in enumerate(zip(images, metas)):
-        save_png(out / f"{i:05d}-seed{args.seed + i}.png", image, png_metadata(m))
-    nrow = math.ceil(math.sqrt(args.num))
-    seeds = f"{args.num} images, seeds {args.seed}-{args.seed + args.num - 1}"
-    grid_meta = dict(metas[0], grid=seeds, nrow=nrow)
-    grid_path = save_png(out / "grid.png", make_grid(images, nrow), png_metadata(grid_meta))
+    _, grid_path = save_generated(out, images, metas, grid_nrow=math.ceil(math.sqrt(args.num)))
     print(f"wrote {args.num} images and {grid_path}")
     return 0

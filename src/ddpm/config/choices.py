@@ -13,5 +13,9 @@ TASKS = ("diffusion", "autoencoder")  # ddpm.training tasks
 MIXED_PRECISION = ("auto", "no", "bf16")
 LR_SCHEDULES = ("constant", "cosine")
 RECONSTRUCTIONS = ("l2", "l1")  # the autoencoder's reconstruction loss
+# Stable Diffusion 1.x's defaults where a call leaves them unset (spacing: the checkpoint's scheduler's);
+# the SD pipeline and the CLI's help both read this one table.
+SD_DEFAULTS = {"sampler": "dpmpp_2m", "steps": 30, "guidance_scale": 7.5, "width": 512, "height": 512,
+               "strength": {"img2img": 0.75, "inpaint": 1.0}}
 # Keywords of ddpm.data.load_dataset that a run sets itself, so data.options may not.
 LOAD_KEYWORDS = frozenset({"split", "image_size", "channels", "flip", "seed", "holdout_fraction"})

@@ -394,8 +394,7 @@ def _alignment(ctx: Any) -> Any:
 
     def generate(prompts: list[str], seed: int) -> Any:
         images, _ = ctx.pipe.generate(
-            len(prompts), prompts=prompts, seed=seed, guidance_scale=o.guidance_scale, sampler=o.sampler,
-            steps=o.steps, batch_size=o.batch_size, progress=False,
+            len(prompts), prompts=prompts, options=o.sampling_for(ctx.pipe, seed), batch_size=o.batch_size,
         )  # fmt: skip
         return images
 

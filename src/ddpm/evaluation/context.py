@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..io.model_meta import ModelMeta
 from .judge import Judge, JudgeRecipe, judge_for_tensors
 
 __all__ = ["EvalOptions", "EvalContext", "balanced_labels"]
@@ -18,13 +19,12 @@ __all__ = ["EvalOptions", "EvalContext", "balanced_labels"]
 
 @dataclass
 class EvalOptions:
-    """Knobs of `evaluate`; None means the model file's own default (sampler, steps, guidance)."""
+    """Knobs of `evaluate`; `sampling` is a `ddpm.pipelines.SamplingOptions` (None: the model's defaults)
+    whose seed is left unset: `seed` is image 0's and the seed of every other draw."""
 
     num: int = 1000
     seed: int = 0
-    sampler: str | None = None
-    steps: int | None = None
-    guidance_scale: float | None = None
+    sampling: Any = None
     batch_size: int = 100
     bpd_num: int = 100
     fd_repeats: int = 5
@@ -37,9 +37,15 @@ class EvalOptions:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.fd_split not in ("train", "test", "all"):
             raise ValueError(f"fd_split must be 'train', 'test' or 'all', got {self.fd_split!r}")
+        if getattr(self.sampling, "seed", None) is not None:
+            raise ValueError("give the seed as EvalOptions.seed, not in the sampling options")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "sampling": asdict(self.sampling) if self.sampling is not None else None}
+
+    def sampling_for(self, pipe: Any, seed: int) -> Any:
+        """The pipeline's complete sampling options for images starting at `seed`."""
+        return pipe.resolve(self.sampling).replace(seed=seed)
 
 
 def balanced_labels(num: int, num_classes: int) -> Tensor:
@@ -48,7 +54,7 @@ def balanced_labels(num: int, num_classes: int) -> Tensor:
 
 
 class EvalContext:
-    """Lazily computed inputs of the metrics for one model (a `DiffusionPipeline`)."""
+    """Lazily computed inputs of the metrics for one model (a `PixelPipeline`)."""
 
     def __init__(
         self,
@@ -63,7 +69,7 @@ class EvalContext:
         judge_recipe: JudgeRecipe | None = None,
     ) -> None:
         self.pipe = pipe
-        self.meta: dict[str, Any] = pipe.meta
+        self.meta: ModelMeta = pipe.meta
         self.options = options or EvalOptions()
         if samples is not None and samples.ndim != 4:
             raise ValueError(f"samples must be images [N, C, H, W], got shape {list(samples.shape)}")
@@ -82,15 +88,15 @@ class EvalContext:
     @property
     def conditioning(self) -> str:
         """ "none", "class" or "text" (from the model file's metadata)."""
-        return (self.meta.get("conditioning") or {}).get("type") or "none"
+        return self.meta.condition
 
     @property
     def num_classes(self) -> int | None:
-        return (self.meta.get("conditioning") or {}).get("num_classes")
+        return self.meta.conditioning.num_classes
 
     @property
     def dataset_name(self) -> str:
-        return (self.meta.get("data") or {}).get("dataset") or ""
+        return self.meta.data.dataset
 
     # -- samples ----------------------------------------------------------------------------------
 
@@ -107,15 +113,9 @@ class EvalContext:
                     "use a metric made for them (e.g. --metric alignment) or a class/unconditional model"
                 )
             images, _ = self.pipe.generate(
-                o.num,
-                seed=o.seed,
-                class_labels=labels,
-                guidance_scale=o.guidance_scale,
-                sampler=o.sampler,
-                steps=o.steps,
-                batch_size=o.batch_size,
-                progress=o.progress,
-            )
+                o.num, class_labels=labels, options=o.sampling_for(self.pipe, o.seed),
+                batch_size=o.batch_size, progress=o.progress,
+            )  # fmt: skip
             self._samples, self._sample_labels = images.detach().float().cpu(), labels
         return self._samples, self._sample_labels
 
@@ -126,7 +126,7 @@ class EvalContext:
         if split not in self._real:
             from ..data import load_dataset
 
-            data = self.meta.get("data") or {}
+            data = self.meta.data
             if not self.dataset_name:
                 raise ValueError(
                     "the model file does not name its dataset (meta 'data.dataset'); cannot compare"
@@ -134,9 +134,9 @@ class EvalContext:
             ds = load_dataset(
                 self.dataset_name,
                 split=split,
-                image_size=data.get("image_size"),
-                channels=data.get("channels"),
-                **(data.get("options") or {}),
+                image_size=data.image_size,
+                channels=data.channels,
+                **data.options,
             )
             images, labels = ds.as_tensor()
             self._real[split] = (images.float(), labels)

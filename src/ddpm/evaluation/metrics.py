@@ -166,8 +166,8 @@ def _bpd(ctx: EvalContext) -> MetricResult:
     # The bound is defined for 8-bit data: put the images on the grid k / 127.5 - 1 a PNG of them would hold.
     x = ((x[idx] + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1
     y = y[idx] if y is not None else None
-    diffusion = ctx.meta.get("diffusion") or {}
-    learned = bool(diffusion.get("learned_variance", False))
+    diffusion = ctx.meta.diffusion
+    learned = diffusion.learned_variance
     pipe = ctx.pipe
     gen = torch.Generator().manual_seed(ctx.options.seed)
     conditional = ctx.conditioning == "class" and y is not None
@@ -186,7 +186,7 @@ def _bpd(ctx: EvalContext) -> MetricResult:
             xb = x[i : i + _BPD_CHUNK].to(pipe.device)
             cond = {"class_labels": y[i : i + _BPD_CHUNK].to(pipe.device)} if conditional else None
             bpd = bits_per_dim(
-                pipe.unet, xb, schedule=pipe.schedule, prediction=diffusion.get("prediction", "eps"),
+                pipe.unet, xb, schedule=pipe.schedule, prediction=diffusion.prediction,
                 learned_variance=learned, cond=cond, generator=gen, t_batch=_BPD_T_BATCH,
                 variance=BPD_VARIANCE, clip_x0=True,
             )  # fmt: skip

@@ -27,6 +27,7 @@ __all__ = [
     "to_uint8",
     "make_grid",
     "save_png",
+    "save_generated",
     "read_png_metadata",
     "format_parameters",
     "png_metadata",
@@ -126,6 +127,28 @@ def save_png(path: str | Path, image: Tensor | np.ndarray, metadata: Mapping[str
     with atomic_write(path) as tmp:
         pil.save(tmp, format="PNG", pnginfo=info)
     return path
+
+
+def save_generated(
+    folder: str | Path,
+    images: Tensor,
+    metadata: list[dict[str, Any]],
+    *,
+    start: int = 0,
+    name: str = "{index:05d}-seed{seed}.png",
+    grid_nrow: int | None = None,
+) -> tuple[list[Path], Path | None]:
+    """Write generated images as PNGs named by `name` (index from `start`, seed) with their metadata, and
+    a `grid.png` of them `grid_nrow` per row when given; returns (image paths, grid path or None)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [save_png(folder / name.format(index=start + i, seed=m["seed"]), image, png_metadata(m))
+             for i, (image, m) in enumerate(zip(images, metadata))]
+    if grid_nrow is None:
+        return paths, None
+    seeds = f"{len(metadata)} images, seeds {metadata[0]['seed']}-{metadata[-1]['seed']}"
+    grid_meta = dict(metadata[0], grid=seeds, nrow=grid_nrow)
+    return paths, save_png(folder / "grid.png", make_grid(images, grid_nrow), png_metadata(grid_meta))
 
 
 def read_png_metadata(path: str | Path) -> dict[str, str]:

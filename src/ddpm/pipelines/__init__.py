@@ -1,9 +1,9 @@
 """ddpm.pipelines: inference entry points that glue a model file to a sampler. The CLI and the web server
 call these only.
 
-- `DiffusionPipeline`: unconditional and class-conditional pixel models (run folders, `ddpm export` files);
-- `TextToImagePipeline`: text-conditional pixel models trained with `data.condition = "text"`;
-- `StableDiffusion`: SD 1.x checkpoints (single files or diffusers folders): txt2img, img2img, inpaint.
+- `PixelPipeline`: unconditional, class- and text-conditional pixel models (run folders, `ddpm export` files);
+- `StableDiffusion`: SD 1.x checkpoints (single files or diffusers folders): txt2img, img2img, inpaint;
+- `SamplingOptions`: sampler, steps, grid, guidance and seed, shared by both and by the CLI.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from .pixel import DiffusionPipeline
+from .options import SamplingOptions
+from .pixel import PixelPipeline
 
 _LAZY = {
-    "TextToImagePipeline": "text",
     "StableDiffusion": "stable_diffusion",
     "SDResult": "stable_diffusion",
 }
-__all__ = ["DiffusionPipeline", *_LAZY]
+__all__ = ["PixelPipeline", "SamplingOptions", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,33 +1,41 @@
 """The pixel-space pipeline: a trained model (run folder or model file) -> images with reproduction metadata.
 
-Image i of a call uses its own CPU generator seeded `seed + i` for its starting noise and any sampler noise,
-so it comes out the same alone, in any batch and on any device (DESIGN.md, "Seeds"). Pixel models are
-sampled with x0 clipped to the data range ([-1, 1], `clip_x0="static"`) unless the model file says otherwise.
+One `PixelPipeline` serves unconditional, class-conditional and text-conditional models; what differs is
+the conditioner, rebuilt from the file's `ModelMeta` (a text encoder's weights come from its "text_encoder."
+keys). Image i of a call uses its own CPU generator seeded `seed + i` for its starting noise and any sampler
+noise, so it comes out the same alone, in any batch and on any device (DESIGN.md, "Seeds"). For text models
+the empty prompt "" is the unconditional embedding learnt through caption dropout, and a negative prompt
+takes its place in classifier-free guidance. Pixel models are sampled with x0 clipped to the data range
+(`clip_x0="static"`) unless the model file says otherwise.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..conditioning import (
+    ClassConditioner,
+    Conditioner,
+    TextConditioner,
+    Unconditional,
+    text_conditioner_from_meta,
+)
 from ..io.model_file import file_hash, load_model_file
+from ..io.model_meta import ModelMeta
 from ..models.unet import UNet, UNetConfig
 from ..schedules import DiscreteSchedule, from_config
+from .options import SamplingOptions, image_metadata, resolve_device
 
-__all__ = ["DiffusionPipeline", "LoadedModel", "open_model", "load_part", "resolve_device"]
+__all__ = ["PixelPipeline", "load_part"]
 
 UNET_PREFIX = "unet."
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """"auto" -> cuda when available, else cpu; anything else as torch reads it."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+Labels = int | str | Sequence[int | str] | Tensor | None
+Prompts = str | Sequence[str] | None
 
 
 def load_part(
@@ -43,100 +51,119 @@ def load_part(
         )
 
 
-class LoadedModel(NamedTuple):
-    """A model file opened for a pipeline: its tensors and metadata, the UNet (eval mode, on `device`)."""
-
-    file: Path
-    tensors: dict[str, Tensor]
-    meta: dict[str, Any]
-    unet: UNet
-    schedule: DiscreteSchedule
-    device: torch.device
-    model_hash: str
-    name: str
+def conditioner_from_meta(meta: ModelMeta, tensors: dict[str, Tensor], file: Path) -> Conditioner:
+    """The conditioner a model file was trained with, its weights (if any) loaded from `tensors`."""
+    if meta.condition == "class":
+        return ClassConditioner(int(meta.conditioning.num_classes or 0), meta.class_names)
+    if meta.condition == "text":
+        cond = text_conditioner_from_meta(meta.conditioning.text_encoder or {})
+        load_part(cond, tensors, cond.export_prefix, file, "text encoder")
+        return cond
+    return Unconditional()
 
 
-def open_model(
-    path: str | Path, *, device: str | torch.device, kinds: tuple[str, ...], wrong_kind: str
-) -> LoadedModel:
-    """A run folder (its latest checkpoint's EMA weights) or a model `.safetensors` file whose conditioning
-    type is one of `kinds` (else ValueError ending with `wrong_kind`, the hint what to use instead)."""
-    path = Path(path)
-    if path.is_dir():
-        from ..io.run_folder import run_model_file
-
-        file = run_model_file(path)
-    elif path.is_file():
-        file = path
-    else:
-        raise FileNotFoundError(f"no such run folder or model file: {str(path)!r}")
-    tensors, meta = load_model_file(file)
-    kind = (meta.get("conditioning") or {}).get("type", "none")
-    if kind not in kinds:
-        raise ValueError(f"{path} is a {kind}-conditional model; {wrong_kind}")
-    for section in ("unet", "diffusion"):
-        if section not in meta:
-            raise ValueError(f"{file}: model metadata lacks the {section!r} section")
-    dev = resolve_device(device)
-    unet = UNet(UNetConfig.from_dict(meta["unet"]))
-    load_part(unet, tensors, UNET_PREFIX, file, "UNet")
-    unet.to(dev).eval().requires_grad_(False)
-    schedule = from_config(meta["diffusion"]["schedule"])
-    run = (meta.get("training") or {}).get("run")
-    name = file.stem if path.is_file() else (run or path.name)
-    return LoadedModel(file, tensors, meta, unet, schedule, dev, file_hash(file), name)
+def _per_image(value: Prompts, num: int, name: str) -> list[str]:
+    if value is None:
+        return [""] * num
+    if isinstance(value, str):
+        return [value] * num
+    values = list(value)
+    if not all(isinstance(v, str) for v in values):
+        raise ValueError(f"{name} must be a string or a list of strings")
+    if len(values) != num:
+        raise ValueError(f"got {len(values)} {name}s for {num} images; give one for all, or one per image")
+    return values
 
 
-class DiffusionPipeline:
-    """A loaded unconditional or class-conditional pixel model: `unet`, `schedule`, `meta`, `device`."""
+def _positive(value: Any, name: str) -> None:
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+class PixelPipeline:
+    """A loaded pixel model: `unet`, `conditioner` (none, class or text), `schedule`, `meta` (`ModelMeta`)."""
 
     def __init__(
         self,
         unet: UNet,
+        conditioner: Conditioner,
         schedule: DiscreteSchedule,
-        meta: dict[str, Any],
+        meta: ModelMeta,
         *,
         device: torch.device,
         model_hash: str = "",
         name: str = "",
     ):
         self.unet = unet
+        self.conditioner = conditioner.to(device).eval().requires_grad_(False)
         self.schedule = schedule
         self.meta = meta
         self.device = device
         self.model_hash = model_hash
         self.name = name
 
-    # ----------------------------------------------------------------------------------------- loading
     @classmethod
-    def load(cls, path: str | Path, *, device: str | torch.device = "auto") -> DiffusionPipeline:
+    def load(cls, path: str | Path, *, device: str | torch.device = "auto") -> PixelPipeline:
         """From a run folder (its latest checkpoint's EMA weights) or a model `.safetensors` file."""
-        m = open_model(
-            path, device=device, kinds=("none", "class"),
-            wrong_kind="DiffusionPipeline samples unconditional and class-conditional pixel models (use the "
-            "text-to-image pipeline for prompts)",
-        )  # fmt: skip
-        return cls(m.unet, m.schedule, m.meta, device=m.device, model_hash=m.model_hash, name=m.name)
+        path = Path(path)
+        if path.is_dir():
+            from ..io.run_folder import run_model_file
+
+            file = run_model_file(path)
+        elif path.is_file():
+            file = path
+        else:
+            raise FileNotFoundError(f"no such run folder or model file: {str(path)!r}")
+        tensors, raw = load_model_file(file)
+        meta = ModelMeta.from_dict(raw, source=str(file))
+        if meta.unet is None or meta.diffusion is None:
+            raise ValueError(f"{file} is an autoencoder, not a diffusion model; it cannot be sampled")
+        dev = resolve_device(device)
+        unet = UNet(UNetConfig.from_dict(meta.unet))
+        load_part(unet, tensors, UNET_PREFIX, file, "UNet")
+        unet.to(dev).eval().requires_grad_(False)
+        conditioner = conditioner_from_meta(meta, tensors, file)
+        name = file.stem if path.is_file() else (meta.training.run or path.name)
+        schedule = from_config(meta.diffusion.schedule)
+        return cls(unet, conditioner, schedule, meta, device=dev, model_hash=file_hash(file), name=name)
 
     # ------------------------------------------------------------------------------------- properties
     @property
+    def condition(self) -> str:
+        """"none", "class" or "text"."""
+        return self.meta.condition
+
+    @property
+    def _kind(self) -> str:
+        return "unconditional" if self.condition == "none" else f"{self.condition}-conditional"
+
+    @property
     def num_classes(self) -> int | None:
         """Classes of a class-conditional model (labels 0 … K-1), else None."""
-        cond = self.meta.get("conditioning") or {}
-        return int(cond["num_classes"]) if cond.get("type") == "class" else None
+        return self.conditioner.num_classes if isinstance(self.conditioner, ClassConditioner) else None
 
     @property
     def class_names(self) -> list[str] | None:
-        names = (self.meta.get("data") or {}).get("class_names")
-        if self.num_classes is None:
-            return None
-        return list(names) if names else [str(k) for k in range(self.num_classes)]
+        """Names of the classes of a class-conditional model, else None."""
+        return self.meta.class_names
 
-    def _labels(self, num: int, class_labels: Any) -> Tensor | None:
+    @property
+    def image_size(self) -> int:
+        """Side of the images the model was trained on."""
+        return int(self.meta.data.image_size or 32)
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str], *, warn: bool = True) -> Tensor:
+        """Text-encoder states `[B, L, D]` of `prompts` (a text model's cross-attention context)."""
+        if not isinstance(self.conditioner, TextConditioner):
+            raise ValueError(f"this model is {self._kind}: it takes no prompts")
+        return self.conditioner.encode_prompts(list(prompts), device=self.device, warn=warn)
+
+    def _labels(self, num: int, class_labels: Labels) -> Tensor | None:
         k = self.num_classes
         if k is None:
             if class_labels is not None:
-                raise ValueError("this model is unconditional: it takes no class labels (drop --class)")
+                raise ValueError(f"this model is {self._kind}: it takes no class labels (drop --class)")
             return None
         if class_labels is None:
             # classes in contiguous blocks: a grid with num // K per row shows one class per row
@@ -159,83 +186,103 @@ class DiffusionPipeline:
             out.append(v)
         return torch.tensor(out, dtype=torch.int64)
 
-    # ------------------------------------------------------------------------------------- generation
+    def _texts(self, num: int, prompts: Prompts, negative_prompt: Prompts) -> tuple[list[str], list[str]]:
+        if self.condition != "text" and (prompts is not None or negative_prompt is not None):
+            raise ValueError(f"this model is {self._kind}: it takes no prompts (use `ddpm sample`)")
+        return _per_image(prompts, num, "prompt"), _per_image(negative_prompt, num, "negative prompt")
+
+    def resolve(self, options: SamplingOptions | None) -> SamplingOptions:
+        """`options` with every unset field taken from the model file's sampling defaults."""
+        o = options or SamplingOptions()
+        if o.clip_skip is not None:
+            raise ValueError("clip_skip applies to Stable Diffusion checkpoints only")
+        d = self.meta.sampling
+        guidance = o.guidance_scale
+        if guidance is None:
+            guidance = d.guidance_scale if self.condition != "none" else 1.0
+        if self.condition == "none" and guidance != 1.0:
+            raise ValueError(
+                "classifier-free guidance needs a class- or text-conditional model; this one is "
+                "unconditional, so leave the guidance scale at 1"
+            )
+        return o.replace(
+            sampler=o.sampler or d.sampler, steps=o.steps or d.steps, spacing=o.spacing or "trailing",
+            guidance_scale=float(guidance), seed=0 if o.seed is None else o.seed,
+            clip_x0=o.clip_x0 or d.clip_x0 or "none",
+        )  # fmt: skip
+
+    def _conditions(
+        self, labels: Tensor | None, texts: list[str], negatives: list[str], guided: bool
+    ) -> tuple[dict[str, Tensor] | None, dict[str, Tensor] | None]:
+        """(cond, uncond) model keyword arguments of one batch."""
+        if labels is not None:
+            y = labels.to(self.device)
+            null = {"class_labels": torch.full_like(y, int(self.num_classes or 0))}
+            return {"class_labels": y}, (null if guided else None)
+        if self.condition == "text":
+            cond = {"context": self.encode(texts, warn=False)}
+            return cond, ({"context": self.encode(negatives, warn=False)} if guided else None)
+        return None, None
+
     @torch.no_grad()
     def generate(
         self,
         num: int,
         *,
-        seed: int = 0,
-        class_labels: int | str | Sequence[int | str] | Tensor | None = None,
-        guidance_scale: float | None = None,
-        sampler: str | None = None,
-        steps: int | None = None,
-        eta: float = 0.0,
+        prompts: Prompts = None,
+        negative_prompt: Prompts = None,
+        class_labels: Labels = None,
+        options: SamplingOptions | None = None,
         batch_size: int = 64,
         progress: bool = False,
     ) -> tuple[Tensor, list[dict[str, Any]]]:
         """`num` images `[N, C, H, W]` in [-1, 1] (CPU, float32) and one metadata dict per image.
 
-        Image i uses `torch.Generator().manual_seed(seed + i)`. `class_labels`: one label (index or
-        class name) for all, one per image, or None (classes in equal contiguous blocks). Unset sampling
-        options take the model file's defaults.
+        `prompts` / `negative_prompt` (text models): one string for all or one per image (None: "").
+        `class_labels` (class models): one label (index or name) for all, one per image, or None (classes
+        in equal contiguous blocks). Image i uses `torch.Generator().manual_seed(seed + i)`.
         """
         from .. import sample
 
-        if int(num) != num or num < 1:
-            raise ValueError(f"num must be a positive integer, got {num!r}")
-        if int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if int(seed) != seed or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        defaults = self.meta.get("sampling") or {}
+        _positive(num, "num")
+        _positive(batch_size, "batch_size")
+        o = self.resolve(options)
+        texts, negatives = self._texts(num, prompts, negative_prompt)
         labels = self._labels(num, class_labels)
-        if guidance_scale is None:
-            guidance_scale = float(defaults.get("guidance_scale", 1.0)) if labels is not None else 1.0
-        if labels is None and guidance_scale != 1.0:
-            raise ValueError(
-                "classifier-free guidance needs a class- or text-conditional model; this one is "
-                "unconditional, so leave the guidance scale at 1"
-            )
-        sampler = sampler or defaults.get("sampler", "dpmpp_2m")
-        steps = int(steps or defaults.get("steps", 20))
-        clip_x0 = defaults.get("clip_x0", "static")
-        diffusion = self.meta["diffusion"]
-        prediction = diffusion.get("prediction", "eps")
-        data = self.meta.get("data") or {}
-        c = int(self.unet.config.in_channels)
-        size = int(data.get("image_size") or 32)
-        null = self.num_classes
-
+        guided = o.guidance_scale != 1.0
+        if self.condition == "text":  # tokenise once up front, so warnings come once per call
+            self.conditioner.check_prompts(sorted(set(texts) | (set(negatives) if guided else set())))
+        prediction = self.meta.diffusion.prediction
+        c, size = int(self.unet.config.in_channels), self.image_size
+        clip_x0 = None if o.clip_x0 == "none" else o.clip_x0
         images = []
         for start in range(0, num, batch_size):
             stop = min(num, start + batch_size)
-            gens = [torch.Generator().manual_seed(seed + i) for i in range(start, stop)]
+            gens = [torch.Generator().manual_seed(o.seed + i) for i in range(start, stop)]
             noise = torch.stack([torch.randn(c, size, size, generator=g) for g in gens]).to(self.device)
-            cond = uncond = None
-            if labels is not None:
-                y = labels[start:stop].to(self.device)
-                cond = {"class_labels": y}
-                uncond = {"class_labels": torch.full_like(y, null)} if guidance_scale != 1.0 else None
+            y = None if labels is None else labels[start:stop]
+            cond, uncond = self._conditions(y, texts[start:stop], negatives[start:stop], guided)
             x0 = sample(
-                self.unet, noise, schedule=self.schedule, sampler=sampler, steps=steps, prediction=prediction,
-                eta=eta, guidance_scale=guidance_scale, cond=cond, uncond=uncond, clip_x0=clip_x0,
-                generator=gens, progress=progress,
-            )
+                self.unet, noise, schedule=self.schedule, sampler=o.sampler, steps=o.steps, spacing=o.spacing,
+                karras=o.karras, prediction=prediction, eta=o.eta, guidance_scale=o.guidance_scale, cond=cond,
+                uncond=uncond, clip_x0=clip_x0, generator=gens, progress=progress,
+            )  # fmt: skip
             images.append(x0.float().clamp(-1, 1).cpu())
+        return torch.cat(images), self._metadata(num, o, texts, negatives, labels)
 
-        metadata = []
-        for i in range(num):
-            m: dict[str, Any] = {
-                "prompt": "", "negative_prompt": "", "seed": seed + i, "sampler": sampler, "steps": steps,
-                "spacing": "trailing", "karras": False, "eta": eta, "guidance_scale": guidance_scale,
-                "clip_x0": clip_x0, "prediction": prediction, "width": size, "height": size,
-                "model_hash": self.model_hash, "model": self.name,
-            }
+    def _metadata(
+        self, num: int, o: SamplingOptions, texts: list[str], negatives: list[str], labels: Tensor | None
+    ) -> list[dict[str, Any]]:
+        out = image_metadata(
+            o, num, prompt="", negative_prompt="", clip_x0=None if o.clip_x0 == "none" else o.clip_x0,
+            prediction=self.meta.diffusion.prediction, width=self.image_size, height=self.image_size,
+            model_hash=self.model_hash, model=self.name,
+        )  # fmt: skip
+        for i, m in enumerate(out):
+            m.update(prompt=texts[i], negative_prompt=negatives[i])
             if labels is not None:
                 k = int(labels[i])
                 name = self.class_names[k] if self.class_names else str(k)
                 prompt = f"class {k}" + (f" ({name})" if name != str(k) else "")
                 m.update(class_label=k, class_name=name, prompt=prompt)
-            metadata.append(m)
-        return torch.cat(images), metadata
+        return out

@@ -2,7 +2,8 @@
 
 | input                         | read as                                                           |
 | ----------------------------- | ----------------------------------------------------------------- |
-| path, PIL image               | any mode (RGBA, palette, greyscale, 16-bit) -> RGB; alpha over white |
+| path, PIL image               | `ddpm.data.decode`, as training reads it: EXIF rotation, any mode  |
+|                               | (RGBA, palette, greyscale, 16-bit) -> RGB, alpha over white          |
 | uint8 array `[H, W(, C)]`     | pixel values 0 … 255                                              |
 | float tensor `[(1,) C, H, W]` | the project's convention: values in [-1, 1]                        |
 | mask: any of the above        | greyscale; white (>= 0.5) = repaint, black = keep (as the web UIs) |
@@ -18,8 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
+
+from ..data.decode import BadImageError, open_image, to_unit
 
 __all__ = ["ImageInput", "check_size", "round_size", "image_tensor", "mask_tensor", "image_size", "to_pil"]
 
@@ -54,23 +57,22 @@ def round_size(height: int, width: int, multiple: int, *, what: str = "image") -
 
 
 def to_pil(image: ImageInput, *, what: str = "image") -> Image.Image:
-    """Any supported input as a PIL image (files are read fully and closed)."""
+    """Any supported input as an upright PIL image (EXIF orientation applied; files read fully and closed)."""
     if isinstance(image, (str, Path)):
         path = Path(image)
         if not path.is_file():
             raise FileNotFoundError(f"no such {what} file: {str(path)!r}")
         try:
-            with Image.open(path) as im:
+            with open_image(path) as im:
                 im.load()
-                return im.copy()
-        except Image.DecompressionBombError as e:  # PIL refuses before decoding; say what to do
-            detail = str(e).rstrip(".")
-            raise ValueError(f"{str(path)!r} is too large to read as an {what} ({detail}); shrink it to a "
-                             "few thousand pixels a side (the model works at about 512)") from e
-        except OSError as e:
+                return ImageOps.exif_transpose(im)
+        except (BadImageError, OSError) as e:
+            if getattr(e, "reason", "") == "decompression bomb":  # refused before decoding; say what to do
+                raise ValueError(f"{str(path)!r} is too large to read as an {what} ({e}); shrink it to a "
+                                 "few thousand pixels a side (the model works at about 512)") from e
             raise ValueError(f"cannot read {str(path)!r} as an {what}: {e}") from e
     if isinstance(image, Image.Image):
-        return image
+        return ImageOps.exif_transpose(image)
     if isinstance(image, Tensor):
         x = image.detach().float().cpu()
         if x.ndim == 4 and x.shape[0] == 1:
@@ -98,15 +100,12 @@ def to_pil(image: ImageInput, *, what: str = "image") -> Image.Image:
 
 
 def _rgb(im: Image.Image) -> Image.Image:
-    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit / float greyscale: stretch to 8 bits
-        arr = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I") and arr.max() > 255 else max(float(arr.max()), 1.0)
-        im = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        im = im.convert("RGBA")
-        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, im).convert("RGB")
-    return im.convert("RGB")
+    """8-bit RGB of any mode, decoded as training decodes it (`ddpm.data.decode.to_unit`)."""
+    try:
+        x = to_unit(im).expand(3, -1, -1)
+    except BadImageError as e:
+        raise ValueError(f"cannot use this image: {e}") from e
+    return Image.fromarray((x * 255.0).round().to(torch.uint8).movedim(0, -1).numpy())
 
 
 def image_size(image: ImageInput) -> tuple[int, int]:

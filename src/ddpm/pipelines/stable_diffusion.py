@@ -33,8 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config.choices import SD_DEFAULTS
 from ..io.sd import StableDiffusionModels, load_stable_diffusion
-from ..sampling import SAMPLERS
+from .options import SEED_LIMIT, SamplingOptions, image_metadata, resolve_device
 from .prompts import CHUNK_TOKENS, encode_prompts
 from .sd_images import ImageInput, check_size, image_size, image_tensor, mask_tensor, round_size
 from .sd_inpaint import blending_unet, inpainting_unet, latent_mask
@@ -44,7 +45,21 @@ __all__ = ["StableDiffusion", "SDResult", "generation_kwargs", "DEFAULT_FINAL_SI
 # Where each sampler's last step lands with SD 1.x's scheduler configs (set_alpha_to_one=False for
 # DDIM/PNDM; final_sigmas_type="zero" for Euler and DPM-Solver).
 DEFAULT_FINAL_SIGMA = {"ddim": "sigma_min", "plms": "sigma_min"}
-_SEED_LIMIT = 2**63 - 1
+
+
+class _Call(NamedTuple):
+    """One call's own arguments (beside its `SamplingOptions`)."""
+
+    mode: str
+    prompt: str
+    negative_prompt: str
+    pixels: Tensor | None
+    mask: Tensor | None
+    strength: float
+    latents: Tensor | None
+    num_images: int
+    batch_size: int | None
+    progress: bool
 
 
 class SDResult(NamedTuple):
@@ -54,28 +69,10 @@ class SDResult(NamedTuple):
     metadata: list[dict[str, Any]]
 
 
-def _device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def generation_kwargs(meta: Mapping[str, Any]) -> dict[str, Any]:
     """The keyword arguments of `txt2img`/`img2img`/`inpaint` that regenerate the image `meta` describes."""
-    keys = (
-        "negative_prompt",
-        "steps",
-        "guidance_scale",
-        "sampler",
-        "spacing",
-        "karras",
-        "height",
-        "width",
-        "seed",
-        "eta",
-        "clip_skip",
-    )
-    missing = [k for k in ("prompt", *keys) if k not in meta]
+    keys = ("sampler", "steps", "spacing", "karras", "guidance_scale", "eta", "seed", "clip_skip")
+    missing = [k for k in ("prompt", "negative_prompt", "height", "width", *keys) if k not in meta]
     if missing:
         raise ValueError(f"the metadata lacks {missing}; it was not written by this pipeline")
     if meta.get("latents_supplied"):
@@ -83,8 +80,8 @@ def generation_kwargs(meta: Mapping[str, Any]) -> dict[str, Any]:
             "this image started from latents passed by the caller, not from its seed; "
             "pass the same latents to regenerate it"
         )
-    out = {k: meta[k] for k in keys}
-    out["prompt"] = meta["prompt"]
+    out = {k: meta[k] for k in ("prompt", "negative_prompt", "height", "width")}
+    out["options"] = SamplingOptions(**{k: meta[k] for k in keys})
     if meta.get("mode") in ("img2img", "inpaint"):
         out["strength"] = meta["strength"]
     return out
@@ -129,7 +126,7 @@ class StableDiffusion:
         on a GPU and float32 on the CPU; `channels_last` defaults to on for a GPU; `compile` wraps the UNet
         in `torch.compile`; `vae_tile` decodes in windows of that many latent cells (64 = 512 pixels; None:
         64 once a latent side passes 96; 0: never)."""
-        dev = _device(device)
+        dev = resolve_device(device)
         if dtype == "auto":
             dtype = torch.float16 if dev.type == "cuda" else torch.float32
         if isinstance(dtype, str):
@@ -183,54 +180,45 @@ class StableDiffusion:
         prompt: str,
         *,
         negative_prompt: str = "",
-        steps: int = 30,
-        guidance_scale: float = 7.5,
-        sampler: str = "dpmpp_2m",
-        spacing: str | None = None,
-        karras: bool = False,
+        options: SamplingOptions | None = None,
         height: int | None = None,
         width: int | None = None,
-        seed: int | None = None,
         latents: Tensor | None = None,
         num_images: int = 1,
-        eta: float = 0.0,
-        clip_skip: int = 0,
         batch_size: int | None = None,
         progress: bool = False,
     ) -> SDResult:
-        """Images for `prompt` from noise: `latents` `[N, 4, H/8, W/8]` (standard normal) or from `seed`;
+        """Images for `prompt` from noise: `latents` `[N, 4, H/8, W/8]` (standard normal) or the seed's;
         `height`/`width` default to `default_size`."""
         side = self.default_size
-        height, width = check_size(side if height is None else height, side if width is None else width,
-                                   self.size_multiple)
-        return self._generate("txt2img", prompt, None, None, 1.0, locals())
+        size = check_size(side if height is None else height, side if width is None else width,
+                          self.size_multiple)
+        call = _Call("txt2img", prompt, negative_prompt, None, None, 1.0, latents, num_images, batch_size,
+                     progress)
+        return self._generate(call, self.resolve(options), size)
 
     def img2img(
         self,
         image: ImageInput,
         prompt: str,
         *,
-        strength: float = 0.75,
+        strength: float = SD_DEFAULTS["strength"]["img2img"],
         negative_prompt: str = "",
-        steps: int = 30,
-        guidance_scale: float = 7.5,
-        sampler: str = "dpmpp_2m",
-        spacing: str | None = None,
-        karras: bool = False,
+        options: SamplingOptions | None = None,
         height: int | None = None,
         width: int | None = None,
-        seed: int | None = None,
         latents: Tensor | None = None,
         num_images: int = 1,
-        eta: float = 0.0,
-        clip_skip: int = 0,
         batch_size: int | None = None,
         progress: bool = False,
     ) -> SDResult:
         """`image` re-drawn for `prompt` (SDEdit, Meng et al. 2022): its latents noised to the level
         int(steps * strength) steps before the end, then sampled; `latents` is that noise if given."""
-        height, width = self._size_for(image, height, width)
-        return self._generate("img2img", prompt, image_tensor(image, height, width), None, strength, locals())
+        size = self._size_for(image, height, width)
+        pixels = image_tensor(image, *size)
+        call = _Call("img2img", prompt, negative_prompt, pixels, None, strength, latents, num_images,
+                     batch_size, progress)
+        return self._generate(call, self.resolve(options), size)
 
     def inpaint(
         self,
@@ -238,28 +226,36 @@ class StableDiffusion:
         mask: ImageInput,
         prompt: str,
         *,
-        strength: float = 1.0,
+        strength: float = SD_DEFAULTS["strength"]["inpaint"],
         negative_prompt: str = "",
-        steps: int = 30,
-        guidance_scale: float = 7.5,
-        sampler: str = "dpmpp_2m",
-        spacing: str | None = None,
-        karras: bool = False,
+        options: SamplingOptions | None = None,
         height: int | None = None,
         width: int | None = None,
-        seed: int | None = None,
         latents: Tensor | None = None,
         num_images: int = 1,
-        eta: float = 0.0,
-        clip_skip: int = 0,
         batch_size: int | None = None,
         progress: bool = False,
     ) -> SDResult:
         """`image` with the white part of `mask` repainted for `prompt` (9-channel inpainting UNet, or latent
         blending for ordinary checkpoints); `strength` < 1 starts from the image's own latents there."""
-        height, width = self._size_for(image, height, width)
-        pixels = image_tensor(image, height, width)
-        return self._generate("inpaint", prompt, pixels, mask_tensor(mask, height, width), strength, locals())
+        size = self._size_for(image, height, width)
+        pixels, m = image_tensor(image, *size), mask_tensor(mask, *size)
+        call = _Call("inpaint", prompt, negative_prompt, pixels, m, strength, latents, num_images, batch_size,
+                     progress)
+        return self._generate(call, self.resolve(options), size)
+
+    def resolve(self, options: SamplingOptions | None) -> SamplingOptions:
+        """`options` with every unset field taken from SD 1.x's defaults (seed: a random one)."""
+        o = options or SamplingOptions()
+        if o.clip_x0 is not None:
+            raise ValueError("clip_x0 applies to pixel models; Stable Diffusion samples latents unclipped")
+        d = SD_DEFAULTS
+        return o.replace(
+            sampler=o.sampler or d["sampler"], steps=o.steps or d["steps"],
+            spacing=o.spacing or self.scheduler.spacing,
+            guidance_scale=float(d["guidance_scale"] if o.guidance_scale is None else o.guidance_scale),
+            seed=secrets.randbelow(2**32) if o.seed is None else o.seed, clip_skip=o.clip_skip or 0,
+        )  # fmt: skip
 
     # ---------------------------------------------------------------------------------------- internals
     def _size_for(self, image: ImageInput, height: int | None, width: int | None) -> tuple[int, int]:
@@ -275,127 +271,79 @@ class StableDiffusion:
             return round_size(int(round(height)), int(round(width)), self.size_multiple)
         return check_size(height, width, self.size_multiple)
 
-    def _check_options(self, o: Mapping[str, Any], mode: str, strength: float) -> tuple[int, int]:
-        num, batch = o["num_images"], o["batch_size"]
+    def _check(self, call: _Call, o: SamplingOptions) -> tuple[int, int]:
+        """(number of images, batch size) after checking the arguments of one call."""
+        num, batch = call.num_images, call.batch_size
         if isinstance(num, bool) or int(num) != num or num < 1:
             raise ValueError(f"num_images must be a positive integer, got {num!r}")
         batch = num if batch is None else batch
         if isinstance(batch, bool) or int(batch) != batch or batch < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch!r}")
-        if not isinstance(o["prompt"], str) or not isinstance(o["negative_prompt"], str):
+        if not isinstance(call.prompt, str) or not isinstance(call.negative_prompt, str):
             raise ValueError('prompt and negative_prompt must be strings (use "" for none)')
-        steps = o["steps"]
-        if isinstance(steps, bool) or int(steps) != steps or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
-        if mode != "txt2img" and not 0.0 < strength <= 1.0:
-            raise ValueError(f"strength must lie in (0, 1] (1 = ignore the image's content), got {strength}")
-        if not 0 <= o["clip_skip"] < self.text_encoder.config.layers:
+        if call.mode != "txt2img" and not 0.0 < call.strength <= 1.0:
+            raise ValueError(
+                f"strength must lie in (0, 1] (1 = ignore the image's content), got {call.strength}"
+            )
+        if not 0 <= int(o.clip_skip or 0) < self.text_encoder.config.layers:
             raise ValueError(f"clip_skip must lie in 0 … {self.text_encoder.config.layers - 1}")
-        return int(num), int(batch)
-
-    def _generate(
-        self,
-        mode: str,
-        prompt: str,
-        pixels: Tensor | None,
-        mask: Tensor | None,
-        strength: float,
-        o: dict[str, Any],
-    ) -> SDResult:
-        num, batch = self._check_options(o, mode, strength)
-        height, width = (
-            (pixels.shape[-2], pixels.shape[-1]) if pixels is not None else (o["height"], o["width"])
-        )
-        f = self.vae.config.downsampling_factor
+        if int(o.seed or 0) > SEED_LIMIT - num:
+            raise ValueError(f"seed must be an integer in 0 … 2^63 - 1 - num_images, got {o.seed!r}")
         c_lat = self.vae.config.latent_channels
-        shape = (c_lat, height // f, width // f)
-        latents = o["latents"]
-        if latents is not None:
-            if not isinstance(latents, Tensor) or tuple(latents.shape) != (num, *shape):
-                got = tuple(latents.shape) if isinstance(latents, Tensor) else type(latents).__name__
-                raise ValueError(
-                    f"latents must be a tensor [num_images={num}, {', '.join(map(str, shape))}] "
-                    f"for a {width}x{height} image; got {got}"
-                )
-        seed = o["seed"]
-        if seed is None:
-            seed = secrets.randbelow(2**32)
-        if isinstance(seed, bool) or int(seed) != seed or not 0 <= seed <= _SEED_LIMIT - num:
-            raise ValueError(f"seed must be an integer in 0 … 2^63 - 1 - num_images, got {seed!r}")
-        seed = int(seed)
-        sampler, steps = o["sampler"], int(o["steps"])
-        spacing = o["spacing"] or self.scheduler.spacing
-        final_sigma = DEFAULT_FINAL_SIGMA.get(sampler, "zero")
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
-        if mode == "inpaint" and not self.inpainting_model and self.unet.config.in_channels != c_lat:
+        if call.mode == "inpaint" and not self.inpainting_model and self.unet.config.in_channels != c_lat:
             raise ValueError(
                 f"this UNet takes {self.unet.config.in_channels} channels; inpainting needs a "
                 f"{c_lat}- or {2 * c_lat + 1}-channel UNet"
             )
-        if mode != "inpaint" and self.inpainting_model:
+        if call.mode != "inpaint" and self.inpainting_model:
             raise ValueError("this is an inpainting checkpoint (9-channel UNet); use inpaint() with a mask")
+        return int(num), int(batch)
 
-        guided = float(o["guidance_scale"]) != 1.0
-        cond, uncond, chunks = self._encode(prompt, o["negative_prompt"], guided, o["clip_skip"])
+    def _generate(self, call: _Call, o: SamplingOptions, size: tuple[int, int]) -> SDResult:
+        num, batch = self._check(call, o)
+        height, width = size
+        f = self.vae.config.downsampling_factor
+        shape = (self.vae.config.latent_channels, height // f, width // f)
+        latents = call.latents
+        if latents is not None and (not isinstance(latents, Tensor) or tuple(latents.shape) != (num, *shape)):
+            got = tuple(latents.shape) if isinstance(latents, Tensor) else type(latents).__name__
+            raise ValueError(
+                f"latents must be a tensor [num_images={num}, {', '.join(map(str, shape))}] "
+                f"for a {width}x{height} image; got {got}"
+            )
+        final_sigma = DEFAULT_FINAL_SIGMA.get(str(o.sampler), "zero")
+        guided = float(o.guidance_scale or 0) != 1.0
+        cond, uncond, chunks = self._encode(call.prompt, call.negative_prompt, guided, int(o.clip_skip or 0))
         images = []
         for start in range(0, num, batch):
             stop = min(num, start + batch)
-            gens = [torch.Generator().manual_seed(seed + i) for i in range(start, stop)]
-            x = self._sample_batch(
-                mode,
-                pixels,
-                mask,
-                strength,
-                gens,
-                shape,
-                None if latents is None else latents[start:stop],
-                cond,
-                uncond,
-                o,
-                sampler=sampler,
-                steps=steps,
-                spacing=spacing,
-                final_sigma=final_sigma,
-            )
+            gens = [torch.Generator().manual_seed(int(o.seed or 0) + i) for i in range(start, stop)]
+            part = None if latents is None else latents[start:stop]
+            x = self._sample_batch(call, o, gens, shape, part, cond, uncond, final_sigma)
             images.append(self._decode(x).float().clamp(-1, 1).cpu())
+        return SDResult(torch.cat(images), self._metadata(call, o, size, num, final_sigma, chunks))
 
-        note = None
+    def _metadata(
+        self, call: _Call, o: SamplingOptions, size: tuple[int, int], num: int, final_sigma: str, chunks: Any
+    ) -> list[dict[str, Any]]:
+        base: dict[str, Any] = dict(
+            mode=call.mode, prompt=call.prompt, negative_prompt=call.negative_prompt,
+            steps_offset=self.scheduler.steps_offset, final_sigma=final_sigma, width=size[1], height=size[0],
+            clip_skip=o.clip_skip, prediction=self.scheduler.prediction, model_hash=self.model_hash,
+            model=self.name, latents_supplied=call.latents is not None,
+        )  # fmt: skip
         if chunks[0].num_chunks > 1 or chunks[1].num_chunks > 1:
-            note = (
+            base["prompt_note"] = (
                 f"prompt of {chunks[0].num_tokens} tokens and negative prompt of {chunks[1].num_tokens} "
                 f"encoded as {max(chunks[0].num_chunks, chunks[1].num_chunks)} chunks of {CHUNK_TOKENS} "
                 "tokens (not truncated)"
             )
-        base: dict[str, Any] = {
-            "mode": mode,
-            "prompt": prompt,
-            "negative_prompt": o["negative_prompt"],
-            "sampler": sampler,
-            "steps": steps,
-            "spacing": spacing,
-            "steps_offset": self.scheduler.steps_offset,
-            "final_sigma": final_sigma,
-            "karras": bool(o["karras"]),
-            "eta": float(o["eta"]),
-            "guidance_scale": float(o["guidance_scale"]),
-            "width": width,
-            "height": height,
-            "clip_skip": int(o["clip_skip"]),
-            "prediction": self.scheduler.prediction,
-            "model_hash": self.model_hash,
-            "model": self.name,
-            "latents_supplied": latents is not None,
-        }
-        if note:
-            base["prompt_note"] = note
-        if pixels is not None:
-            base["strength"] = float(strength)
-            base["init_image_sha256"] = hashlib.sha256(pixels.numpy().tobytes()).hexdigest()[:16]
-        if mask is not None:
+        if call.pixels is not None:
+            base["strength"] = float(call.strength)
+            base["init_image_sha256"] = hashlib.sha256(call.pixels.numpy().tobytes()).hexdigest()[:16]
+        if call.mask is not None:
             base["inpainting"] = "9-channel UNet" if self.inpainting_model else "latent blending"
-        metadata = [{**base, "seed": seed + i} for i in range(num)]
-        return SDResult(torch.cat(images), metadata)
+        return image_metadata(o, num, **base)
 
     def _encode(
         self, prompt: str, negative: str, guided: bool, clip_skip: int
@@ -409,24 +357,19 @@ class StableDiffusion:
 
     def _sample_batch(
         self,
-        mode: str,
-        pixels: Tensor | None,
-        mask: Tensor | None,
-        strength: float,
+        call: _Call,
+        o: SamplingOptions,
         gens: list[torch.Generator],
         shape: tuple[int, ...],
         latents: Tensor | None,
         cond: Tensor,
         uncond: Tensor | None,
-        o: Mapping[str, Any],
-        *,
-        sampler: str,
-        steps: int,
-        spacing: str,
         final_sigma: str,
     ) -> Tensor:
         from .. import sample
 
+        mode, pixels, mask, strength = call.mode, call.pixels, call.mask, call.strength
+        sampler, steps, spacing = str(o.sampler), int(o.steps or 0), str(o.spacing)
         b, dev, dtype = len(gens), self.device, self.dtype
         # generator order per image, as diffusers' pipelines draw: init-latent sample (img2img; inpainting
         # below strength 1 or by blending), starting noise, masked-image latent sample (9-channel UNet)
@@ -456,7 +399,7 @@ class StableDiffusion:
                 extra["blend"] = torch.cat([init, noise, m_lat], dim=1)
                 model = blending_unet(
                     self._unet_call, self.schedule, sampler=sampler, steps=steps, spacing=spacing,
-                    steps_offset=self.scheduler.steps_offset, karras=bool(o["karras"]),
+                    steps_offset=self.scheduler.steps_offset, karras=o.karras,
                     final_sigma=final_sigma,
                 )  # fmt: skip
         # inpainting at strength 1 starts from pure noise; img2img always from the noised init
@@ -466,9 +409,9 @@ class StableDiffusion:
         x0 = sample(
             model, noise, schedule=self.schedule, sampler=sampler, steps=steps, spacing=spacing,
             steps_offset=self.scheduler.steps_offset, final_sigma=final_sigma,
-            prediction=self.scheduler.prediction, eta=float(o["eta"]), karras=bool(o["karras"]),
-            guidance_scale=float(o["guidance_scale"]), cond=c, uncond=u, generator=gens,
-            progress=bool(o["progress"]), init=start, strength=strength if start is not None else 1.0,
+            prediction=self.scheduler.prediction, eta=float(o.eta), karras=o.karras,
+            guidance_scale=float(o.guidance_scale or 0), cond=c, uncond=u, generator=gens,
+            progress=call.progress, init=start, strength=strength if start is not None else 1.0,
         )  # fmt: skip
         if mode == "inpaint" and not self.inpainting_model:
             assert init is not None

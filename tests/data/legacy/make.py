@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from ddpm.io.vae_files import load_autoencoder_file
-from ddpm.pipelines import DiffusionPipeline, TextToImagePipeline
+from ddpm.pipelines import PixelPipeline, SamplingOptions
 from ddpm.training import export_model, train
 from test_training import tiny_config
 from test_txt2img import TINY_TEXT
@@ -37,11 +37,12 @@ def main() -> None:
         export_model(text_run, HERE / "text.safetensors")
         vae_run = train(vae_config(root, "vae", "train.steps=2", "train.log_every=0"), progress=False)
         export_model(vae_run, HERE / "vae.safetensors")
-    cls = DiffusionPipeline.load(HERE / "class.safetensors", device="cpu")
-    a, _ = cls.generate(3, seed=5, class_labels=[0, 4, 9], steps=3, guidance_scale=2.0)
-    txt = TextToImagePipeline.load(HERE / "text.safetensors", device="cpu")
-    b, _ = txt.generate(2, prompts=["a red circle", "a blue square above a green circle"], seed=7, steps=3,
-                        guidance_scale=2.0)
+    cls = PixelPipeline.load(HERE / "class.safetensors", device="cpu")
+    a, _ = cls.generate(3, class_labels=[0, 4, 9],
+        options=SamplingOptions(seed=5, steps=3, guidance_scale=2.0))
+    txt = PixelPipeline.load(HERE / "text.safetensors", device="cpu")
+    b, _ = txt.generate(2, prompts=["a red circle", "a blue square above a green circle"],
+        options=SamplingOptions(seed=7, steps=3, guidance_scale=2.0))
     vae, _ = load_autoencoder_file(HERE / "vae.safetensors")
     x = torch.linspace(-1, 1, 3 * 8 * 8).reshape(1, 3, 8, 8)
     with torch.no_grad():

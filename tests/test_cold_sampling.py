@@ -156,3 +156,17 @@ def test_bad_degradations_and_models_are_caught():
         ddpm.sample(lambda x, t: x[:, :, :4], x, sampler="cold", degradation=Blur(levels=3, kernel_size=3))
     with pytest.raises(ValueError, match="not finite.*cold step 1 of 3"):
         ddpm.sample(lambda x, t: x / 0, x, sampler="cold", degradation=Fade(levels=3))
+
+
+def test_trajectory_holds_the_path_from_x_T_to_x_0_for_either_world():
+    D, x0 = Fade(levels=5), torch.rand(SHAPE)
+    path: list[torch.Tensor] = []
+    out = ddpm.sample(lambda x, t: x0, D(x0, 5), degradation=D, sampler="cold", trajectory=path)
+    assert len(path) == 6 and torch.equal(path[-1], out)
+    for s, x_s in zip(range(5, -1, -1), path):
+        assert torch.allclose(x_s, D(x0, s), atol=1e-6)
+    path.clear()
+    noise = torch.randn(SHAPE)
+    out = ddpm.sample(lambda x, t: 0.5 * x, noise, schedule=schedules.linear(100), sampler="ddim", steps=4,
+                      trajectory=path)  # fmt: skip
+    assert len(path) == 5 and torch.equal(path[0], noise) and torch.equal(path[-1], out)

@@ -126,6 +126,7 @@ def sample(
     strength: float = 1.0,
     degradation: Any = None,
     start_level: int | None = None,
+    trajectory: list[Tensor] | None = None,
 ) -> Tensor:
     """Draw x0 `[B, C, …]` from `model(x_t, t, **cond)`, starting at the standard-normal x_T = `noise`.
 
@@ -143,6 +144,9 @@ def sample(
     x_t at `start_level`), `degradation` the operator the model inverts, `model(x_t, t)` returns x0_hat at
     level t; steps: None = every level; spacing `trailing` or `linspace`; no schedule (the degradation
     holds its levels).
+
+    trajectory: a list that receives every state x_s the model is evaluated at (VP samples for the Gaussian
+    samplers; heun and plms evaluate some points twice), then the result: the path from x_T to x_0.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
@@ -154,6 +158,8 @@ def sample(
     check_generators(generator, batch)
     check_conditions(cond, uncond, batch)
     model_fn = classifier_free_guidance(model, guidance_scale=guidance_scale, cond=cond, uncond=uncond)
+    if trajectory is not None:
+        model_fn = _recording(model_fn, trajectory)
     # the sampler's state stays in float32 for half-precision noise (x in sigma space reaches sigma_max |z|)
     work = torch.float32 if noise.dtype in (torch.float16, torch.bfloat16) else noise.dtype
     if sampler in COLD_SAMPLERS:
@@ -167,7 +173,7 @@ def sample(
         restore = Restorer(model_fn, grid, clip_x0=clip_x0, like=x, model_dtype=noise.dtype)
         x = SAMPLERS[sampler](restore, x, grid, degradation=degradation, progress=progress)
         restore.raise_if_not_finite()
-        return x.to(noise.dtype)
+        return _finish(x.to(noise.dtype), trajectory)
     if degradation is not None or start_level is not None:
         raise ValueError(
             f"sampler {sampler!r} samples Gaussian diffusion and cannot restore a degradation "
@@ -203,7 +209,23 @@ def sample(
         options["variance"] = variance
     x = SAMPLERS[sampler](denoiser, x, grid, **options)
     denoiser.raise_if_not_finite()
-    return x.to(noise.dtype)
+    return _finish(x.to(noise.dtype), trajectory)
+
+
+def _recording(model_fn: Callable[..., Tensor], trajectory: list[Tensor]) -> Callable[..., Tensor]:
+    """`model_fn` that first appends each state it is asked about to `trajectory`."""
+
+    def recorded(x: Tensor, t: Tensor) -> Tensor:
+        trajectory.append(x.detach().clone())
+        return model_fn(x, t)
+
+    return recorded
+
+
+def _finish(x: Tensor, trajectory: list[Tensor] | None) -> Tensor:
+    if trajectory is not None:
+        trajectory.append(x.detach().clone())
+    return x
 
 
 def _check_cold_call(sampler: str, degradation: Any, **given: Any) -> None:

@@ -166,6 +166,7 @@ class TrainingMeta:
 _SECTIONS = {"diffusion": DiffusionMeta, "data": DataMeta, "conditioning": ConditioningMeta,
              "sampling": SamplingMeta, "training": TrainingMeta}
 _EXTRA = ("scaling_factor_estimated_on",)  # free-text notes a file may carry
+_COLD_FIELDS = {("diffusion", "degradation"), ("diffusion", "start")}
 
 
 @dataclass(frozen=True)
@@ -245,7 +246,10 @@ class ModelMeta:
         return list(self.data.class_names) if self.data.class_names else [str(i) for i in range(k)]
 
     def with_sections(self, **sections: Any) -> ModelMeta:
-        """A copy with whole sections set (every field of each is written by `to_dict`)."""
-        written = {n: tuple(f.name for f in dataclasses.fields(v)) for n, v in sections.items()}
+        """A copy with whole sections set (every field of each is written by `to_dict`, except the
+        cold-diffusion fields of a Gaussian model, which stay out of its file)."""
+        written = {n: tuple(f.name for f in dataclasses.fields(v)
+                            if not ((n, f.name) in _COLD_FIELDS and getattr(v, f.name) is None))
+                   for n, v in sections.items()}  # fmt: skip
         given = {**self.given, **written}
         return dataclasses.replace(self, given=given, **sections)

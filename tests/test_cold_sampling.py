@@ -105,6 +105,8 @@ def test_direct_restoration_is_one_call_at_the_top_level():
     rec = Recorder(lambda x, t: x * 0.5)
     out = ddpm.sample(rec, x_T, degradation=D, sampler="cold_direct")
     assert len(rec.calls) == 1 and int(rec.calls[0][1][0]) == 6 and torch.equal(out, x_T * 0.5)
+    with pytest.raises(ValueError, match="one model call; leave steps out"):
+        ddpm.sample(rec, x_T, degradation=D, sampler="cold_direct", steps=3)
 
 
 def test_generation_is_per_image_whatever_the_batch():

@@ -168,8 +168,9 @@ def sample(
                          init=init, strength=strength)  # fmt: skip
         x = noise.to(work)
         levels = check_degradation(degradation, like=x)
-        grid = level_grid(levels, 1 if sampler == "cold_direct" and steps is None else steps, spacing,
-                          start=start_level)  # fmt: skip
+        if sampler == "cold_direct" and steps not in (None, 1):
+            raise ValueError(f"cold_direct restores in one model call; leave steps out (got steps={steps})")
+        grid = level_grid(levels, 1 if sampler == "cold_direct" else steps, spacing, start=start_level)
         restore = Restorer(model_fn, grid, clip_x0=clip_x0, like=x, model_dtype=noise.dtype)
         x = SAMPLERS[sampler](restore, x, grid, degradation=degradation, progress=progress)
         restore.raise_if_not_finite()

@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
 ]
 RANK = {room: len(LAYERS) - i for i, rooms in enumerate(LAYERS) for room in rooms}
 # Same-layer rooms that may import one another (still one way: the table says who imports whom).
-SIDEWAYS = {("sampling", "guidance")}
+SIDEWAYS = {("sampling", "guidance"), ("sampling", "degradations")}
 
 
 ROOMS = {p.name for p in SRC.iterdir() if (p / "__init__.py").is_file()}

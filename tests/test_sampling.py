@@ -7,7 +7,7 @@ import torch
 
 import ddpm
 from ddpm import schedules
-from ddpm.sampling import SAMPLERS, discrete_grid, dpm_grid, dynamic_threshold, randn, sigma_grid
+from ddpm.sampling import GAUSSIAN_SAMPLERS, discrete_grid, dpm_grid, dynamic_threshold, randn, sigma_grid
 
 SCHEDULE = schedules.linear(1000)
 SHAPE = (8, 2, 4, 4)
@@ -45,7 +45,7 @@ def generators(seeds):
     return [torch.Generator().manual_seed(s) for s in seeds]
 
 
-@pytest.mark.parametrize("sampler", list(SAMPLERS))
+@pytest.mark.parametrize("sampler", list(GAUSSIAN_SAMPLERS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_every_sampler_returns_x0_like_the_noise(sampler, dtype):
     noise = torch.randn(SHAPE, dtype=dtype, generator=torch.Generator().manual_seed(0))
@@ -64,7 +64,7 @@ def test_default_sampler_is_dpmpp_2m_on_20_trailing_steps():
     assert [int(t[0]) for _, t, _ in rec.calls] == dpm_grid(SCHEDULE, 20, "trailing").timesteps.tolist()
 
 
-@pytest.mark.parametrize("sampler", list(SAMPLERS))
+@pytest.mark.parametrize("sampler", list(GAUSSIAN_SAMPLERS))
 def test_model_sees_grid_timesteps(sampler):
     rec = Recorder()
     noise = torch.randn(SHAPE)
@@ -94,12 +94,12 @@ def test_steps_offset_and_karras_grids():
         steps_offset=1,
     )
     assert [int(t[0]) for _, t, _ in rec.calls] == list(range(951, 0, -50))
-    for sampler in SAMPLERS:  # every sampler accepts a Karras grid
+    for sampler in GAUSSIAN_SAMPLERS:  # every sampler accepts a Karras grid
         out = ddpm.sample(model, torch.randn(SHAPE), schedule=SCHEDULE, sampler=sampler, steps=8, karras=True)
         assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("sampler", list(SAMPLERS))
+@pytest.mark.parametrize("sampler", list(GAUSSIAN_SAMPLERS))
 @pytest.mark.parametrize("extra", [{}, {"clip_x0": "dynamic"}, {"guidance_scale": 3.0}])
 def test_bit_identical_across_batch_size_and_order(sampler, extra):
     seeds = [11, 12, 13, 14, 15, 16, 17, 18]
@@ -149,7 +149,7 @@ def test_low_precision_noise_runs_the_model_in_its_dtype():
     assert all(x.dtype == torch.bfloat16 for x, _, _ in rec.calls)
 
 
-@pytest.mark.parametrize("sampler", list(SAMPLERS))
+@pytest.mark.parametrize("sampler", list(GAUSSIAN_SAMPLERS))
 def test_img2img_starts_from_the_noised_image(sampler):
     """strength s runs the last int(steps * s) steps from x_t = sqrt(ab) init + sqrt(1 - ab) noise."""
     rec = Recorder()

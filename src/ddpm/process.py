@@ -27,6 +27,7 @@ from .schedules import DiscreteSchedule
 
 __all__ = [
     "PREDICTIONS",
+    "AlphaBars",
     "extract",
     "q_sample",
     "q_posterior",
@@ -42,6 +43,13 @@ __all__ = [
 ]
 
 PREDICTIONS = choices.PREDICTIONS
+
+
+class AlphaBars(NamedTuple):
+    """Duck-typed stand-in for a DiscreteSchedule holding arbitrary alpha_bars `[n]`: the conversions here
+    read only `alphas_cumprod`, so they can be evaluated at any grid's levels."""
+
+    alphas_cumprod: Tensor
 
 
 def extract(values: Tensor, t: Tensor, like: Tensor) -> Tensor:

@@ -1,4 +1,5 @@
-"""`ddpm data`: write a generated built-in dataset out as an image folder (PNG + caption .txt sidecars)."""
+"""`ddpm data`: write a generated built-in dataset out as an image folder (PNG + caption .txt sidecars), or
+degrade a folder of images with a cold-diffusion degradation (`ddpm data degrade`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from ._common import check_out_folder, non_negative_int, positive_int
 
-HELP = "write a generated dataset (shapes) as an image folder with caption sidecars"
+HELP = "write a generated dataset (shapes) as an image folder, or degrade images (blur, mask, …)"
 # The splits of ddpm.data.shapes.SPLITS, spelled out so that `ddpm --help` needs no numpy/torch import.
 SHAPES_SPLITS = ("train", "test_seen", "test_heldout", "test", "all")
 
@@ -37,8 +38,63 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--seed", type=non_negative_int, default=0, help="dataset seed (default 0)")
     s.add_argument("--split", choices=SHAPES_SPLITS, default="train", help="split to draw (default train)")
     s.add_argument("--overwrite", action="store_true", help="write into DIR even if it is not empty")
-    p.set_defaults(func=run)
+    s.set_defaults(func=run)
+    _add_degrade(sub)
     return p
+
+
+DEGRADE_HELP = "degrade images with a cold-diffusion degradation at one level (and show every level)"
+
+
+def _add_degrade(sub: Any) -> None:
+    from ..config.choices import DEGRADATION_NAMES
+
+    d = sub.add_parser(
+        "degrade",
+        help=DEGRADE_HELP,
+        description=DEGRADE_HELP + ". Writes OUT/NAME.png for each image of IN, with the degradation and "
+        "level in its metadata (what `ddpm restore` reads), and with --strip NAME-strip.png: the image at "
+        "levels 0 … T side by side.",
+        epilog="example: ddpm data degrade --degradation blur --level 10 --strip digits/ blurred/",
+    )
+    d.add_argument("input", metavar="IN", help="an image or a folder of images")
+    d.add_argument("output", metavar="OUT", help="folder to write (created)")
+    d.add_argument("--degradation", required=True, choices=DEGRADATION_NAMES, help="a built-in degradation")
+    d.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="an option of the degradation (repeatable), e.g. levels=40 or centre=random")
+    d.add_argument("--level", type=non_negative_int, help="the level t, 0 … T (default T)")
+    d.add_argument("--size", type=positive_int, help="square the images to SIZE pixels first")
+    d.add_argument("--seed", type=non_negative_int, default=0,
+                   help="image i's random parts (mask centre, noise) use seed + i (default 0)")
+    d.add_argument("--strip", action="store_true", help="also write each image at levels 0 … T")
+    d.set_defaults(func=run_degrade)  # fmt: skip
+
+
+def run_degrade(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..degradations import bind, degradation_config, make_degradation
+    from ..io.images import make_grid, png_metadata, save_png
+    from ._cold import image_generators, parse_options, read_images, strip_levels
+
+    degradation = make_degradation(args.degradation, **parse_options(args.option))
+    level = degradation.levels if args.level is None else args.level
+    names, x0 = read_images(args.input, size=args.size, channels=None)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    config = degradation_config(degradation)
+    with torch.no_grad():
+        for i, name in enumerate(names):
+            image = x0[i : i + 1]
+            D = bind(degradation, image, generator=image_generators(args.seed + i, 1))
+            meta = {"degradation": config, "level": level, "seed": args.seed + i, "source": name}
+            save_png(out / f"{name}.png", D(image, level)[0], png_metadata(meta))
+            if args.strip:
+                row = torch.cat([D(image, t) for t in strip_levels(degradation.levels)])
+                save_png(out / f"{name}-strip.png", make_grid(row, nrow=row.shape[0]), png_metadata(meta))
+    print(f"wrote {len(names)} images degraded by {config['name']} at level {level} of {degradation.levels} "
+          f"to {out}")  # fmt: skip
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,10 @@ PREDICTIONS = ("eps", "x0", "v")  # what the network outputs (ddpm.process)
 VARIANCES = ("fixed_small", "fixed_large", "learned")  # the reverse-step variance (DDPM §3.2, IDDPM §3.1)
 SCHEDULE_NAMES = ("linear", "cosine", "scaled_linear", "sigmoid")  # ddpm.schedules.SCHEDULES
 SPACINGS = ("leading", "linspace", "trailing")  # timestep grids (ddpm.schedules)
-SAMPLER_NAMES = ("ddpm", "ddim", "plms", "euler", "euler_a", "heun", "dpmpp_2m")  # ddpm.sampling.SAMPLERS
+COLD_SAMPLER_NAMES = ("cold", "cold_naive", "cold_direct")  # cold diffusion: Algorithms 2 and 1, one-shot
+# ddpm.sampling.SAMPLERS: the Gaussian-noise samplers, then the cold ones (which need a degradation)
+SAMPLER_NAMES = ("ddpm", "ddim", "plms", "euler", "euler_a", "heun", "dpmpp_2m", *COLD_SAMPLER_NAMES)
+DEGRADATION_NAMES = ("blur", "mask", "downsample", "fade", "gaussian")  # ddpm.degradations.DEGRADATIONS
 TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")  # ddpm.objectives.sample_timesteps
 CONDITIONS = ("none", "class", "text")  # ddpm.conditioning
 TASKS = ("diffusion", "autoencoder")  # ddpm.training tasks

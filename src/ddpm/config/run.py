@@ -10,7 +10,9 @@ from typing import Any
 from .architectures import AutoencoderKLConfig, UNetConfig
 from .base import choice, need
 from .choices import (
+    COLD_SAMPLER_NAMES,
     CONDITIONS,
+    DEGRADATION_NAMES,
     LOAD_KEYWORDS,
     LR_SCHEDULES,
     MIXED_PRECISION,
@@ -93,6 +95,12 @@ class DiffusionConfig:
     `timestep_sampling`: "uniform" (DDPM) or "logit_normal" with `timestep_loc` / `timestep_scale` (the
     normal's mean and spread in logit(t/T) space; loc > 0 favours the noisy end). Non-uniform timesteps
     reweight every term of the loss, the L_vlb of learned variances included.
+
+    `degradation` makes the run cold diffusion (Bansal et al. 2022): a name of `ddpm.degradations` ("blur",
+    "mask", "downsample", "fade", "gaussian") with its keywords in `degradation_options` (e.g.
+    `{levels = 40, sigma = 7.0}`; "gaussian" takes this section's schedule unless the options give one).
+    The network then restores x0 from D(x0, t), t ~ U{1..T}, under `restoration_loss` ("l1", the paper's,
+    or "l2"); generation starts from the training images' channel means plus `start_noise`.
     """
 
     schedule: str = "linear"
@@ -107,8 +115,13 @@ class DiffusionConfig:
     timestep_sampling: str = "uniform"
     timestep_loc: float = 0.0
     timestep_scale: float = 1.0
+    degradation: str | None = None
+    degradation_options: dict[str, Any] = field(default_factory=dict)
+    restoration_loss: str = "l1"
+    start_noise: float = 0.02
 
     def __post_init__(self) -> None:
+        self._check_cold()
         choice("diffusion", "schedule", self.schedule, SCHEDULE_NAMES)
         choice("diffusion", "prediction", self.prediction, PREDICTIONS)
         need(self.num_timesteps >= 2, f"diffusion.num_timesteps must be >= 2; got {self.num_timesteps}")
@@ -120,6 +133,25 @@ class DiffusionConfig:
               f"diffusion.timestep_scale must be positive; got {self.timestep_scale}")
         if (self.beta_start is not None or self.beta_end is not None) and self.schedule == "cosine":
             raise ValueError("diffusion.beta_start/beta_end do not apply to the cosine schedule; remove them")
+
+    def _check_cold(self) -> None:
+        choice("diffusion", "restoration_loss", self.restoration_loss, RECONSTRUCTIONS)
+        need(self.start_noise >= 0, f"diffusion.start_noise must be >= 0; got {self.start_noise}")
+        if self.degradation is None:
+            need(not self.degradation_options,
+                 "diffusion.degradation_options needs diffusion.degradation, the degradation they configure")
+            return
+        choice("diffusion", "degradation", self.degradation, DEGRADATION_NAMES)
+        for key, ok in (("prediction", self.prediction in ("eps", "x0")), ("learned_variance",
+                        not self.learned_variance), ("min_snr_gamma", self.min_snr_gamma is None),
+                        ("timestep_sampling", self.timestep_sampling == "uniform")):  # fmt: skip
+            need(ok, f"diffusion.{key} does not apply to cold diffusion (diffusion.degradation = "
+                 f"{self.degradation!r}: the network restores x0 at uniformly drawn levels); remove it")
+
+    @property
+    def cold(self) -> bool:
+        """Whether the run is cold diffusion (a degradation instead of Gaussian noise)."""
+        return self.degradation is not None
 
     def schedule_config(self) -> dict[str, Any]:
         """The schedule this section describes, as `ddpm.schedules.from_config` takes it."""
@@ -272,3 +304,12 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     text: TextConfig = field(default_factory=TextConfig)
     autoencoder: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
+
+    def __post_init__(self) -> None:
+        cold, sampler = self.diffusion.cold, self.sample.sampler
+        need(cold == (sampler in COLD_SAMPLER_NAMES),
+             f"sample.sampler = {sampler!r} " + (
+                 f"cannot sample the cold model of diffusion.degradation = {self.diffusion.degradation!r}; "
+                 f"use one of {list(COLD_SAMPLER_NAMES)}" if cold else
+                 "restores a degradation, and this run trains Gaussian diffusion; set diffusion.degradation "
+                 "or choose a Gaussian sampler"))  # fmt: skip

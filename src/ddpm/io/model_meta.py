@@ -3,7 +3,7 @@
     {"format": "ddpm.model", "version": 1,
      "unet": UNetConfig.to_dict(),                      a diffusion model, or
      "autoencoder": AutoencoderKLConfig.to_dict(),      a KL autoencoder
-     "diffusion": {"schedule", "prediction", "learned_variance"},
+     "diffusion": {"schedule", "prediction", "learned_variance", "degradation", "start"},
      "data": {"dataset", "image_size", "channels", "class_names", "options", "seed"},
      "conditioning": {"type", "num_classes", "text_encoder"},
      "sampling": {"sampler", "steps", "guidance_scale", "clip_x0"},
@@ -20,7 +20,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config.choices import CONDITIONS, PREDICTIONS, SAMPLER_NAMES
+from ..config.choices import CONDITIONS, DEGRADATION_NAMES, PREDICTIONS, SAMPLER_NAMES
 
 __all__ = [
     "FORMAT",
@@ -72,17 +72,31 @@ def _kind(value: Any, types: tuple[type, ...], name: str, optional: bool = False
 
 @dataclass(frozen=True)
 class DiffusionMeta:
-    """The process the UNet was trained for: its schedule (`ddpm.schedules.from_config`) and output."""
+    """The process the UNet was trained for: its schedule (`ddpm.schedules.from_config`) and output; for a
+    cold-diffusion model, the degradation it restores (`{"name", **options}`, `ddpm.degradations`) and
+    where generation starts (`ddpm.degradations.ChannelMeans.to_dict()`)."""
 
     schedule: dict[str, Any]
     prediction: str = "eps"
     learned_variance: bool = False
+    degradation: dict[str, Any] | None = None
+    start: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         _kind(self.schedule, (dict,), "schedule")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"prediction {self.prediction!r} is not one of {list(PREDICTIONS)}")
         _kind(self.learned_variance, (bool,), "learned_variance")
+        _kind(self.degradation, (dict,), "degradation", optional=True)
+        _kind(self.start, (dict,), "start", optional=True)
+        if self.degradation is not None and self.degradation.get("name") not in DEGRADATION_NAMES:
+            name = self.degradation.get("name")
+            raise ValueError(f"degradation {name!r} is not one of {list(DEGRADATION_NAMES)}")
+
+    @property
+    def cold(self) -> bool:
+        """Whether the model restores a degradation (cold diffusion) rather than removing Gaussian noise."""
+        return self.degradation is not None
 
 
 @dataclass(frozen=True)
@@ -152,6 +166,7 @@ class TrainingMeta:
 _SECTIONS = {"diffusion": DiffusionMeta, "data": DataMeta, "conditioning": ConditioningMeta,
              "sampling": SamplingMeta, "training": TrainingMeta}
 _EXTRA = ("scaling_factor_estimated_on",)  # free-text notes a file may carry
+_COLD_FIELDS = {("diffusion", "degradation"), ("diffusion", "start")}
 
 
 @dataclass(frozen=True)
@@ -231,7 +246,10 @@ class ModelMeta:
         return list(self.data.class_names) if self.data.class_names else [str(i) for i in range(k)]
 
     def with_sections(self, **sections: Any) -> ModelMeta:
-        """A copy with whole sections set (every field of each is written by `to_dict`)."""
-        written = {n: tuple(f.name for f in dataclasses.fields(v)) for n, v in sections.items()}
+        """A copy with whole sections set (every field of each is written by `to_dict`, except the
+        cold-diffusion fields of a Gaussian model, which stay out of its file)."""
+        written = {n: tuple(f.name for f in dataclasses.fields(v)
+                            if not ((n, f.name) in _COLD_FIELDS and getattr(v, f.name) is None))
+                   for n, v in sections.items()}  # fmt: skip
         given = {**self.given, **written}
         return dataclasses.replace(self, given=given, **sections)

@@ -21,14 +21,15 @@ divides nats per dimension by ln 2. Images must be 8-bit data mapped to [-1, 1] 
 integrates its Gaussian over each value's bin of width 2/255, the two end bins open to -inf and +inf.
 
 All schedule, posterior and parameterisation maths comes from `ddpm.process`; this package adds the losses
-(`losses.py`), the Gaussian KL and discretised likelihood (`likelihood.py`), the reverse-process Gaussian
-(`reverse.py`) and the bound itself (`vlb.py`).
+(`losses.py`; cold diffusion's restoration loss in `restoration.py`), the Gaussian KL and discretised
+likelihood (`likelihood.py`), the reverse-process Gaussian (`reverse.py`) and the bound itself (`vlb.py`).
 """
 
 from __future__ import annotations
 
 from .likelihood import discretized_gaussian_log_likelihood, normal_kl
 from .losses import min_snr_weight, sample_timesteps, training_loss
+from .restoration import restoration_loss
 from .reverse import FIXED_VARIANCES, ReverseGaussian, model_log_variance, p_mean_log_variance
 from .vlb import bits_per_dim, prior_bpd, vlb_term, vlb_terms
 
@@ -37,6 +38,7 @@ __all__ = [
     "sample_timesteps",
     "min_snr_weight",
     "training_loss",
+    "restoration_loss",
     "normal_kl",
     "discretized_gaussian_log_likelihood",
     "model_log_variance",

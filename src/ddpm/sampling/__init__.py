@@ -13,17 +13,26 @@
 | (SD 1.x grid)        | `spacing="leading", steps_offset=1`  | timestep_spacing="leading", steps_offset=1  |
 | (SD 1.x DDIM/PLMS)   | `final_sigma="sigma_min"`            | set_alpha_to_one=False                      |
 
+Cold diffusion (Bansal et al. 2022; `cold.py`) restores a degradation (`ddpm.degradations`) instead of
+removing noise: `sampler="cold"` (Algorithm 2), `"cold_naive"` (Algorithm 1), `"cold_direct"` (one-shot
+restoration), each with `degradation=` and a model that returns x0_hat.
+
 Spacings keep the meaning diffusers gives them for the scheduler in the same row (see `grid.py`).
 """
 
 from ..noise import randn
-from .api import SAMPLERS, sample, sampler_grid
+from .api import COLD_SAMPLERS, GAUSSIAN_SAMPLERS, SAMPLERS, sample, sampler_grid
+from .cold import LevelGrid, level_grid
 from .denoiser import Denoised, Denoiser, dynamic_threshold
 from .grid import Grid, discrete_grid, dpm_grid, sigma_grid
 
 __all__ = [
     "sample",
     "SAMPLERS",
+    "GAUSSIAN_SAMPLERS",
+    "COLD_SAMPLERS",
+    "LevelGrid",
+    "level_grid",
     "sampler_grid",
     "randn",
     "Grid",

@@ -9,10 +9,13 @@ import torch
 from torch import Tensor
 
 from .. import process
+from ..config.choices import COLD_SAMPLER_NAMES
+from ..degradations import check_degradation
 from ..guidance import Conditions, check_conditions, classifier_free_guidance
 from ..noise import Generators, check_generators, noise_source
 from ..schedules import DiscreteSchedule
 from .ancestral import ddpm
+from .cold import Restorer, cold, cold_direct, cold_naive, level_grid
 from .ddim import ddim
 from .denoiser import AlphaBars, Denoiser
 from .dpm_solver import dpmpp_2m
@@ -20,7 +23,7 @@ from .euler import euler, euler_a, heun
 from .grid import GRIDS, Grid
 from .plms import plms
 
-__all__ = ["sample", "SAMPLERS", "sampler_grid"]
+__all__ = ["sample", "SAMPLERS", "COLD_SAMPLERS", "GAUSSIAN_SAMPLERS", "sampler_grid"]
 
 
 class _Family(NamedTuple):
@@ -37,7 +40,12 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "euler_a": euler_a,
     "heun": heun,
     "dpmpp_2m": dpmpp_2m,
+    "cold": cold,
+    "cold_naive": cold_naive,
+    "cold_direct": cold_direct,
 }
+COLD_SAMPLERS = COLD_SAMPLER_NAMES  # they restore a degradation (ddpm.degradations) and need one
+GAUSSIAN_SAMPLERS = tuple(name for name in SAMPLERS if name not in COLD_SAMPLERS)
 
 _FAMILIES = {
     "ddpm": _Family("discrete", False, True),
@@ -62,7 +70,7 @@ def sampler_grid(
 ) -> Grid:
     """The step grid `ddpm.sample` walks for `sampler` (each family builds it as its diffusers twin does)."""
     if sampler not in _FAMILIES:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
+        raise ValueError(f"unknown Gaussian sampler {sampler!r}; choose one of {list(GAUSSIAN_SAMPLERS)}")
     build = GRIDS[_FAMILIES[sampler].grid]
     return build(schedule, steps, spacing, steps_offset=steps_offset, karras=karras, final_sigma=final_sigma)
 
@@ -98,11 +106,11 @@ def sample(
     model: Callable[..., Tensor],
     noise: Tensor,
     *,
-    schedule: DiscreteSchedule,
+    schedule: DiscreteSchedule | None = None,
     sampler: str = "dpmpp_2m",
-    steps: int = 20,
+    steps: int | None = None,
     spacing: str = "trailing",
-    prediction: str = "eps",
+    prediction: str | None = None,
     eta: float = 0.0,
     karras: bool = False,
     guidance_scale: float = 1.0,
@@ -116,28 +124,67 @@ def sample(
     variance: str | None = None,
     init: Tensor | None = None,
     strength: float = 1.0,
+    degradation: Any = None,
+    start_level: int | None = None,
+    trajectory: list[Tensor] | None = None,
 ) -> Tensor:
     """Draw x0 `[B, C, …]` from `model(x_t, t, **cond)`, starting at the standard-normal x_T = `noise`.
 
     sampler: one of SAMPLERS; spacing: `leading`/`linspace`/`trailing` (with `steps_offset`, e.g. 1 for
-    SD 1.x's leading grid); karras: Karras et al. 2022 sigmas; prediction: what the model outputs
-    (eps, x0, v; a 2C-channel output adds Improved DDPM's learned variance); eta: DDIM's noise (ddim only);
-    variance: ddpm's `fixed_small`/`fixed_large`/`learned` (None: learned iff the model has 2C channels);
-    clip_x0: None, `static` ([-1, 1]) or `dynamic` (Imagen's percentile thresholding) on every x0_hat;
-    generator: one CPU torch.Generator, or one per sample, for the noise of stochastic samplers;
-    final_sigma: `zero` ends at clean data, `sigma_min` at the level of t = 0 (diffusers'
+    SD 1.x's leading grid); steps: None = 20; karras: Karras et al. 2022 sigmas; prediction: what the model
+    outputs (eps, the default; x0, v; a 2C-channel output adds Improved DDPM's learned variance); eta: DDIM's
+    noise (ddim only); variance: ddpm's `fixed_small`/`fixed_large`/`learned` (None: learned iff the model
+    has 2C channels); clip_x0: None, `static` ([-1, 1]) or `dynamic` (Imagen's percentile thresholding) on
+    every x0_hat; generator: one CPU torch.Generator, or one per sample, for the noise of stochastic
+    samplers; final_sigma: `zero` ends at clean data, `sigma_min` at the level of t = 0 (diffusers'
     final_sigmas_type, DDIM's set_alpha_to_one=False); init/strength: img2img, start from `init` noised
     with `noise` at the grid point int(steps * strength) steps before the end.
+
+    Cold diffusion (`sampler` in COLD_SAMPLERS, see `sampling/cold.py`): `noise` is the degraded x_T (or
+    x_t at `start_level`), `degradation` the operator the model inverts, `model(x_t, t)` returns x0_hat at
+    level t; steps: None = every level; spacing `trailing` or `linspace`; no schedule (the degradation
+    holds its levels).
+
+    trajectory: a list that receives every state x_s the model is evaluated at (VP samples for the Gaussian
+    samplers; heun and plms evaluate some points twice), then the result: the path from x_T to x_0.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
-    family = _FAMILIES[sampler]
-    if not isinstance(schedule, DiscreteSchedule):
-        raise ValueError(f"schedule must be a ddpm.schedules.DiscreteSchedule, got {type(schedule).__name__}")
     if not isinstance(noise, Tensor) or not noise.is_floating_point() or noise.ndim < 2:
         raise ValueError("noise must be a floating-point tensor [B, C, …] of standard-normal values")
     if not callable(model):
         raise ValueError("model must be callable as model(x_t, t, **cond)")
+    batch = noise.shape[0]
+    check_generators(generator, batch)
+    check_conditions(cond, uncond, batch)
+    model_fn = classifier_free_guidance(model, guidance_scale=guidance_scale, cond=cond, uncond=uncond)
+    if trajectory is not None:
+        model_fn = _recording(model_fn, trajectory)
+    # the sampler's state stays in float32 for half-precision noise (x in sigma space reaches sigma_max |z|)
+    work = torch.float32 if noise.dtype in (torch.float16, torch.bfloat16) else noise.dtype
+    if sampler in COLD_SAMPLERS:
+        _check_cold_call(sampler, degradation, schedule=schedule, prediction=prediction, eta=eta,
+                         karras=karras, steps_offset=steps_offset, final_sigma=final_sigma, variance=variance,
+                         init=init, strength=strength)  # fmt: skip
+        x = noise.to(work)
+        levels = check_degradation(degradation, like=x)
+        if sampler == "cold_direct" and steps not in (None, 1):
+            raise ValueError(f"cold_direct restores in one model call; leave steps out (got steps={steps})")
+        grid = level_grid(levels, 1 if sampler == "cold_direct" else steps, spacing, start=start_level)
+        restore = Restorer(model_fn, grid, clip_x0=clip_x0, like=x, model_dtype=noise.dtype)
+        x = SAMPLERS[sampler](restore, x, grid, degradation=degradation, progress=progress)
+        restore.raise_if_not_finite()
+        return _finish(x.to(noise.dtype), trajectory)
+    if degradation is not None or start_level is not None:
+        raise ValueError(
+            f"sampler {sampler!r} samples Gaussian diffusion and cannot restore a degradation "
+            f"({type(degradation).__name__}); a model trained against a degradation is sampled with "
+            f"sampler= one of {list(COLD_SAMPLERS)}"
+        )
+    if not isinstance(schedule, DiscreteSchedule):
+        raise ValueError(f"schedule must be a ddpm.schedules.DiscreteSchedule, got {type(schedule).__name__}")
+    steps = 20 if steps is None else steps
+    prediction = "eps" if prediction is None else prediction
     if prediction not in process.PREDICTIONS:
         raise ValueError(f"unknown prediction {prediction!r}; choose one of {list(process.PREDICTIONS)}")
     if eta != 0.0 and sampler != "ddim":
@@ -146,17 +193,11 @@ def sample(
         raise ValueError(
             f"variance applies to the ddpm sampler only (got variance={variance!r} with {sampler!r})"
         )
-    batch = noise.shape[0]
-    check_generators(generator, batch)
-    check_conditions(cond, uncond, batch)
-
+    family = _FAMILIES[sampler]
     grid = sampler_grid(
         sampler, schedule, steps, spacing, steps_offset=steps_offset, karras=karras, final_sigma=final_sigma
     )
-    # the sampler's state stays in float32 for half-precision noise (x in sigma space reaches sigma_max |z|)
-    work = torch.float32 if noise.dtype in (torch.float16, torch.bfloat16) else noise.dtype
     grid, x = _start(grid, noise.to(work), init, strength, steps, family.sigma_space)
-    model_fn = classifier_free_guidance(model, guidance_scale=guidance_scale, cond=cond, uncond=uncond)
     denoiser = Denoiser(
         model_fn, grid, prediction=prediction, clip_x0=clip_x0, like=x, model_dtype=noise.dtype
     )
@@ -169,4 +210,45 @@ def sample(
         options["variance"] = variance
     x = SAMPLERS[sampler](denoiser, x, grid, **options)
     denoiser.raise_if_not_finite()
-    return x.to(noise.dtype)
+    return _finish(x.to(noise.dtype), trajectory)
+
+
+def _recording(model_fn: Callable[..., Tensor], trajectory: list[Tensor]) -> Callable[..., Tensor]:
+    """`model_fn` that first appends each state it is asked about to `trajectory`."""
+
+    def recorded(x: Tensor, t: Tensor) -> Tensor:
+        trajectory.append(x.detach().clone())
+        return model_fn(x, t)
+
+    return recorded
+
+
+def _finish(x: Tensor, trajectory: list[Tensor] | None) -> Tensor:
+    if trajectory is not None:
+        trajectory.append(x.detach().clone())
+    return x
+
+
+def _check_cold_call(sampler: str, degradation: Any, **given: Any) -> None:
+    """ValueError for a cold sampler without a degradation, or with an option of the Gaussian samplers."""
+    if degradation is None:
+        raise ValueError(
+            f"sampler={sampler!r} restores a degradation: pass degradation=, the one the model was trained "
+            "to invert (e.g. ddpm.degradations.Blur()); a Gaussian diffusion model is sampled with one of "
+            f"{list(GAUSSIAN_SAMPLERS)}"
+        )
+    if given["prediction"] not in (None, "x0"):
+        raise ValueError(
+            "cold samplers read the model's output as x0_hat = R(x_t, t); "
+            f"prediction={given['prediction']!r} does not apply (leave it out, or pass 'x0')"
+        )
+    wrong = [key for key, default in (("schedule", None), ("variance", None), ("init", None))
+             if given[key] is not default]  # fmt: skip
+    wrong += [key for key, default in (("eta", 0.0), ("karras", False), ("steps_offset", 0),
+              ("final_sigma", "zero"), ("strength", 1.0)) if given[key] != default]  # fmt: skip
+    if wrong:
+        raise ValueError(
+            f"{', '.join(k + '=' for k in wrong)} applies to the Gaussian samplers only, not to sampler="
+            f"{sampler!r}: the degradation holds its levels, and a degraded image is restored with "
+            "noise=x_t, start_level=t"
+        )

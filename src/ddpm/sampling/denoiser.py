@@ -18,12 +18,12 @@ without a sync and reported, with the first bad step, after the run.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from .. import process
+from ..process import AlphaBars
 from .grid import Grid
 
 __all__ = [
@@ -39,13 +39,6 @@ __all__ = [
 ]
 
 CLIP_MODES = (None, "static", "dynamic")
-
-
-class AlphaBars(NamedTuple):
-    """Duck-typed stand-in for a DiscreteSchedule holding arbitrary alpha_bars `[n]`: the process.py
-    conversions read only `alphas_cumprod`, so they can be evaluated at any grid's levels."""
-
-    alphas_cumprod: Tensor
 
 
 def lin(a: float, x: Tensor, b: float, y: Tensor) -> Tensor:

@@ -13,6 +13,7 @@ from .loop import Trainer, TrainingDiverged, lr_at, train
 from .signals import TrainingInterrupted
 from .tasks import (
     AutoencoderTask,
+    ColdDiffusionTask,
     DiffusionModule,
     DiffusionTask,
     Task,
@@ -28,6 +29,7 @@ __all__ = [
     "TrainingInterrupted",
     "Task",
     "DiffusionTask",
+    "ColdDiffusionTask",
     "AutoencoderTask",
     "make_task",
     "register_task",

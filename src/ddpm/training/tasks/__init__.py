@@ -11,10 +11,11 @@ from typing import Any
 from ...io.model_meta import ModelMeta
 from .autoencoder import AutoencoderTask
 from .base import Task
+from .cold import ColdDiffusionTask
 from .diffusion import DiffusionModule, DiffusionTask, resolve_unet_config
 
-__all__ = ["Task", "DiffusionTask", "AutoencoderTask", "DiffusionModule", "resolve_unet_config", "TASKS",
-           "register_task", "make_task", "task_of_file"]
+__all__ = ["Task", "DiffusionTask", "ColdDiffusionTask", "AutoencoderTask", "DiffusionModule",
+           "resolve_unet_config", "TASKS", "register_task", "make_task", "task_of_file"]
 
 TASKS: dict[str, type[Task]] = {"diffusion": DiffusionTask, "autoencoder": AutoencoderTask}
 
@@ -36,8 +37,12 @@ def _task_class(name: str, what: str) -> type[Task]:
 
 
 def make_task(config: Any) -> Task:
-    """The task object for `config.run.task`."""
-    return _task_class(config.run.task, f"run.task = {config.run.task!r}")(config)
+    """The task object for `config.run.task` (a diffusion run with `[diffusion] degradation` set trains
+    cold diffusion, `ColdDiffusionTask`)."""
+    cls = _task_class(config.run.task, f"run.task = {config.run.task!r}")
+    if cls is DiffusionTask and config.diffusion.cold:
+        cls = ColdDiffusionTask
+    return cls(config)
 
 
 def task_of_file(meta: dict[str, Any]) -> type[Task]:

@@ -28,7 +28,8 @@ from contextlib import contextmanager
 __all__ = ["COMMANDS", "main", "build_parser", "explain", "UsageError"]
 
 COMMANDS = (
-    "demo", "train", "sample", "export", "eval", "data", "convert", "txt2img", "img2img", "inpaint",
+    "demo", "train", "sample", "restore", "export", "eval", "data", "convert", "txt2img", "img2img",
+    "inpaint",
 )
 
 BAD_INPUT, FAILED, INTERRUPTED = 2, 1, 130

@@ -52,14 +52,16 @@ def _add_degrade(sub: Any) -> None:
     d = sub.add_parser(
         "degrade",
         help=DEGRADE_HELP,
-        description=DEGRADE_HELP + ". Writes OUT/NAME.png for each image of IN, with the degradation and "
-        "level in its metadata (what `ddpm restore` reads), and with --strip NAME-strip.png: the image at "
-        "levels 0 … T side by side.",
+        description=DEGRADE_HELP + " (a built-in one, or a cold model's own). Writes OUT/NAME.png for each "
+        "image of IN, with the degradation and level in its metadata (what `ddpm restore` reads), and with "
+        "--strip NAME-strip.png: the image at levels 0 … T side by side.",
         epilog="example: ddpm data degrade --degradation blur --level 10 --strip digits/ blurred/",
     )
     d.add_argument("input", metavar="IN", help="an image or a folder of images")
     d.add_argument("output", metavar="OUT", help="folder to write (created)")
-    d.add_argument("--degradation", required=True, choices=DEGRADATION_NAMES, help="a built-in degradation")
+    which = d.add_mutually_exclusive_group(required=True)
+    which.add_argument("--degradation", choices=DEGRADATION_NAMES, help="a built-in degradation")
+    which.add_argument("--model", help="a cold-diffusion run folder or model file: its own degradation")
     d.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="an option of the degradation (repeatable), e.g. levels=40 or centre=random")
     d.add_argument("--level", type=non_negative_int, help="the level t, 0 … T (default T)")
@@ -77,7 +79,10 @@ def run_degrade(args: argparse.Namespace) -> int:
     from ..io.images import make_grid, png_metadata, save_png
     from ._cold import image_generators, parse_options, read_images, strip_levels
 
-    degradation = make_degradation(args.degradation, **parse_options(args.option))
+    if args.model is not None:
+        degradation = _model_degradation(args.model, args.option)
+    else:
+        degradation = make_degradation(args.degradation, **parse_options(args.option))
     level = degradation.levels if args.level is None else args.level
     names, x0 = read_images(args.input, size=args.size, channels=None)
     out = Path(args.output)
@@ -133,3 +138,25 @@ def run(args: argparse.Namespace) -> int:
         f"with caption sidecars to {out}"
     )
     return 0
+
+
+def _model_degradation(model: str, options: list[str] | None) -> Any:
+    """The degradation a cold model file (or run folder) restores."""
+    from ..io.model_file import read_model_meta
+    from ..io.model_meta import ModelMeta
+    from ..io.run_folder import run_model_file
+    from ..pipelines.cold import cold_parts
+
+    if options:
+        raise ValueError("--option configures a built-in --degradation; a --model brings its own settings")
+    path = Path(model)
+    if not path.exists():
+        raise FileNotFoundError(f"no such run folder or model file: {model!r}")
+    file = run_model_file(path) if path.is_dir() else path
+    meta = ModelMeta.from_dict(read_model_meta(file), source=str(file))
+    if meta.diffusion is None:
+        raise ValueError(f"{model} is an autoencoder; it has no degradation to show")
+    parts = cold_parts(meta.diffusion)
+    if parts is None:
+        raise ValueError(f"{model} is a Gaussian diffusion model; it has no degradation to show")
+    return parts.degradation

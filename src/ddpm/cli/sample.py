@@ -17,6 +17,7 @@ from ._common import (
 )
 
 HELP = "generate images from a trained model (PNGs with metadata and a grid)"
+TRAJECTORY_ROWS, TRAJECTORY_COLUMNS = 8, 21
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -36,6 +37,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--nrow", type=positive_int, help="images per grid row (default: one row per class, or square)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--trajectory", action="store_true",
+                   help="also write trajectory.png: the states x_T … x_0 of the first images, one row each "
+                   "(any sampler, Gaussian or cold)")  # fmt: skip
     add_sampling_args(p, num=64)
     p.set_defaults(func=run)
     return p
@@ -47,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..evaluation import balanced_labels
-    from ..io.images import save_generated
+    from ..io.images import png_metadata, save_generated, save_png
 
     options = sampling_options(args)
     cond = pipe.condition
@@ -63,8 +67,10 @@ def run(args: argparse.Namespace) -> int:
     elif cond == "class":
         labels = balanced_labels(args.num, num_classes)  # rows of classes 0, 1, 2, …
 
+    path: list[torch.Tensor] | None = [] if args.trajectory else None
     images, metas = pipe.generate(
-        args.num, class_labels=labels, options=options, batch_size=args.batch_size, progress=not args.quiet
+        args.num, class_labels=labels, options=options, batch_size=args.batch_size, progress=not args.quiet,
+        trajectory=path,
     )
     if args.nrow:
         nrow = args.nrow
@@ -74,4 +80,22 @@ def run(args: argparse.Namespace) -> int:
         nrow = math.ceil(math.sqrt(args.num))
     _, grid_path = save_generated(out, images, metas, grid_nrow=nrow)
     print(f"wrote {args.num} images and {grid_path}")
+    if path is not None:
+        shown = min(args.num, TRAJECTORY_ROWS)
+        strip_meta = dict(metas[0], trajectory=f"states x_T … x_0 of images 0-{shown - 1}")
+        strip = _trajectory(path, rows=shown)
+        print(f"wrote {save_png(out / 'trajectory.png', strip, png_metadata(strip_meta))}")
     return 0
+
+
+def _trajectory(states: list[Any], *, rows: int) -> Any:
+    """A grid with one row per image: at most TRAJECTORY_COLUMNS states, evenly spread, first and last kept
+    (Gaussian states are clamped to [-1, 1] for display)."""
+    import torch
+
+    from ..io.images import make_grid
+    from ._cold import strip_levels
+
+    picks = strip_levels(len(states) - 1, TRAJECTORY_COLUMNS)
+    frames = torch.stack([states[k][:rows] for k in picks], dim=1)  # [rows, columns, C, H, W]
+    return make_grid(frames.flatten(0, 1).clamp(-1, 1), nrow=len(picks))

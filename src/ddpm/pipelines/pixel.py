@@ -29,6 +29,7 @@ from ..io.model_file import file_hash, load_model_file
 from ..io.model_meta import ModelMeta
 from ..models.unet import UNet, UNetConfig
 from ..schedules import DiscreteSchedule, from_config
+from .cold import check_sampler, cold_parts, cold_steps, generate_batch, restore_batch
 from .options import SamplingOptions, image_metadata, resolve_device
 
 __all__ = ["PixelPipeline", "load_part"]
@@ -101,6 +102,7 @@ class PixelPipeline:
         self.device = device
         self.model_hash = model_hash
         self.name = name
+        self.cold = cold_parts(meta.diffusion)  # a cold-diffusion model's degradation and start prior
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "auto") -> PixelPipeline:
@@ -205,8 +207,13 @@ class PixelPipeline:
                 "classifier-free guidance needs a class- or text-conditional model; this one is "
                 "unconditional, so leave the guidance scale at 1"
             )
+        sampler = o.sampler or d.sampler
+        check_sampler(sampler, self.cold)
+        steps = o.steps or d.steps
+        if self.cold is not None:
+            steps = cold_steps(sampler, steps, self.cold.degradation.levels)
         return o.replace(
-            sampler=o.sampler or d.sampler, steps=o.steps or d.steps, spacing=o.spacing or "trailing",
+            sampler=sampler, steps=steps, spacing=o.spacing or "trailing",
             guidance_scale=float(guidance), seed=0 if o.seed is None else o.seed,
             clip_x0=o.clip_x0 or d.clip_x0 or "none",
         )  # fmt: skip
@@ -235,12 +242,15 @@ class PixelPipeline:
         options: SamplingOptions | None = None,
         batch_size: int = 64,
         progress: bool = False,
+        trajectory: list[Tensor] | None = None,
     ) -> tuple[Tensor, list[dict[str, Any]]]:
         """`num` images `[N, C, H, W]` in [-1, 1] (CPU, float32) and one metadata dict per image.
 
         `prompts` / `negative_prompt` (text models): one string for all or one per image (None: "").
         `class_labels` (class models): one label (index or name) for all, one per image, or None (classes
-        in equal contiguous blocks). Image i uses `torch.Generator().manual_seed(seed + i)`.
+        in equal contiguous blocks). Image i uses `torch.Generator().manual_seed(seed + i)`. A cold-diffusion
+        model starts from its channel-means prior (`pipelines/cold.py`). `trajectory`: a list that receives
+        the states x_T … x_0 of all `num` images, `[N, C, H, W]` each (see `ddpm.sample`).
         """
         from .. import sample
 
@@ -255,20 +265,72 @@ class PixelPipeline:
         prediction = self.meta.diffusion.prediction
         c, size = int(self.unet.config.in_channels), self.image_size
         clip_x0 = None if o.clip_x0 == "none" else o.clip_x0
-        images = []
+        images, paths = [], []
         for start in range(0, num, batch_size):
             stop = min(num, start + batch_size)
             gens = [torch.Generator().manual_seed(o.seed + i) for i in range(start, stop)]
-            noise = torch.stack([torch.randn(c, size, size, generator=g) for g in gens]).to(self.device)
             y = None if labels is None else labels[start:stop]
             cond, uncond = self._conditions(y, texts[start:stop], negatives[start:stop], guided)
-            x0 = sample(
-                self.unet, noise, schedule=self.schedule, sampler=o.sampler, steps=o.steps, spacing=o.spacing,
-                karras=o.karras, prediction=prediction, eta=o.eta, guidance_scale=o.guidance_scale, cond=cond,
-                uncond=uncond, clip_x0=clip_x0, generator=gens, progress=progress,
-            )  # fmt: skip
+            path: list[Tensor] | None = [] if trajectory is not None else None
+            common = dict(sampler=o.sampler, steps=o.steps, spacing=o.spacing,
+                          guidance_scale=o.guidance_scale, cond=cond, uncond=uncond, clip_x0=clip_x0,
+                          progress=progress, trajectory=path)  # fmt: skip
+            if self.cold is not None:
+                if o.karras or o.eta:
+                    raise ValueError("karras and eta apply to Gaussian samplers; cold sampling has neither")
+                shape = (stop - start, c, size, size)
+                x0 = generate_batch(self.unet, self.cold, shape, gens, device=self.device,
+                                    sample_options=common)
+            else:
+                noise = torch.stack([torch.randn(c, size, size, generator=g) for g in gens]).to(self.device)
+                x0 = sample(self.unet, noise, schedule=self.schedule, karras=o.karras, prediction=prediction,
+                            eta=o.eta, generator=gens, **common)
             images.append(x0.float().clamp(-1, 1).cpu())
+            if path is not None:
+                paths.append(torch.stack(path).float().cpu())  # [states, B, C, H, W]
+        if trajectory is not None:
+            trajectory.extend(torch.cat(paths, dim=1).unbind(0))
         return torch.cat(images), self._metadata(num, o, texts, negatives, labels)
+
+    @torch.no_grad()
+    def restore(
+        self,
+        images: Tensor,
+        *,
+        level: int | None = None,
+        seeds: Sequence[int] | None = None,
+        options: SamplingOptions | None = None,
+        batch_size: int = 64,
+        progress: bool = False,
+    ) -> Tensor:
+        """Restore images `[N, C, H, W]` in [-1, 1] degraded to `level` (default T) by a cold model's own
+        degradation; image i's random parts (a random mask centre) come from a generator seeded `seeds[i]`
+        (default i), the seed `ddpm data degrade` drew them with. Unconditional cold models only."""
+        if self.cold is None:
+            raise ValueError("restore needs a cold-diffusion model (trained with [diffusion] degradation = "
+                             "…); this one removes Gaussian noise")  # fmt: skip
+        if self.condition != "none":
+            raise ValueError(f"restore takes unconditional cold models; this one is {self._kind}")
+        _positive(batch_size, "batch_size")
+        levels = self.cold.degradation.levels
+        level = levels if level is None else int(level)
+        if not 0 <= level <= levels:
+            raise ValueError(f"level {level} is outside 0 … {levels}, the levels of this model's degradation")
+        if level == 0:  # the clean image: nothing to restore
+            return images.float().clamp(-1, 1)
+        o = self.resolve(options)
+        steps = options.steps if options is not None and options.steps else level  # default: every level
+        seeds = list(range(len(images))) if seeds is None else [int(s) for s in seeds]
+        if len(seeds) != len(images):
+            raise ValueError(f"got {len(seeds)} seeds for {len(images)} images; give one per image")
+        common = dict(sampler=o.sampler, steps=cold_steps(o.sampler, steps, level), spacing=o.spacing,
+                      clip_x0=None if o.clip_x0 == "none" else o.clip_x0, progress=progress)  # fmt: skip
+        out = []
+        for first in range(0, len(images), batch_size):
+            x_t = images[first : first + batch_size].to(self.device, torch.float32)
+            gens = [torch.Generator().manual_seed(s) for s in seeds[first : first + batch_size]]
+            out.append(restore_batch(self.unet, self.cold, x_t, level, gens, sample_options=common).cpu())
+        return torch.cat(out).clamp(-1, 1)
 
     def _metadata(
         self, num: int, o: SamplingOptions, texts: list[str], negatives: list[str], labels: Tensor | None

@@ -206,6 +206,8 @@ def _bpd(ctx: EvalContext) -> MetricResult:
 def _bpd_unavailable(ctx: EvalContext) -> str | None:
     if ctx.conditioning not in ("none", "class"):
         return f"bpd of {ctx.conditioning}-conditional models needs the held-out captions"
+    if (ctx.meta.get("diffusion") or {}).get("degradation") is not None:
+        return "bpd is the bound of Gaussian diffusion; a cold-diffusion model has none"
     return None
 
 

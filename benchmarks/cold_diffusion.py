@@ -38,7 +38,7 @@ from ddpm.data import load_dataset, register_builtin, split_factory
 from ddpm.data.builtin import digits
 from ddpm.degradations import start
 from ddpm.evaluation import frechet_distance, judge_for_tensors
-from ddpm.pipelines import DiffusionPipeline
+from ddpm.pipelines import PixelPipeline
 from ddpm.training import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,7 +94,7 @@ def train_model(name: str, steps: int, width: int, threads: int, out: Path) -> t
 def evaluate(run: Path, held_out: torch.Tensor, features: Callable[[torch.Tensor], torch.Tensor],
              f_ref: torch.Tensor) -> dict[str, dict]:
     """Each row's images and FD / RMSE / SSIM (restoration), and its generation FD (see the docstring)."""
-    pipe = DiffusionPipeline.load(run, device="cpu")
+    pipe = PixelPipeline.load(run, device="cpu")
     D = pipe.cold.degradation
     n = held_out.shape[0]
     x_T = D(held_out, D.levels)

@@ -206,7 +206,7 @@ def _bpd(ctx: EvalContext) -> MetricResult:
 def _bpd_unavailable(ctx: EvalContext) -> str | None:
     if ctx.conditioning not in ("none", "class"):
         return f"bpd of {ctx.conditioning}-conditional models needs the held-out captions"
-    if (ctx.meta.get("diffusion") or {}).get("degradation") is not None:
+    if ctx.meta.diffusion is not None and ctx.meta.diffusion.cold:
         return "bpd is the bound of Gaussian diffusion; a cold-diffusion model has none"
     return None
 

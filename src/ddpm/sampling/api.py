@@ -166,14 +166,9 @@ def sample(
         _check_cold_call(sampler, degradation, schedule=schedule, prediction=prediction, eta=eta,
                          karras=karras, steps_offset=steps_offset, final_sigma=final_sigma, variance=variance,
                          init=init, strength=strength)  # fmt: skip
-        x = noise.to(work)
-        levels = check_degradation(degradation, like=x)
-        if sampler == "cold_direct" and steps not in (None, 1):
-            raise ValueError(f"cold_direct restores in one model call; leave steps out (got steps={steps})")
-        grid = level_grid(levels, 1 if sampler == "cold_direct" else steps, spacing, start=start_level)
-        restore = Restorer(model_fn, grid, clip_x0=clip_x0, like=x, model_dtype=noise.dtype)
-        x = SAMPLERS[sampler](restore, x, grid, degradation=degradation, progress=progress)
-        restore.raise_if_not_finite()
+        x = _sample_cold(model_fn, noise.to(work), sampler=sampler, degradation=degradation, steps=steps,
+                         spacing=spacing, start_level=start_level, clip_x0=clip_x0, model_dtype=noise.dtype,
+                         progress=progress)  # fmt: skip
         return _finish(x.to(noise.dtype), trajectory)
     if degradation is not None or start_level is not None:
         raise ValueError(
@@ -226,6 +221,21 @@ def _recording(model_fn: Callable[..., Tensor], trajectory: list[Tensor]) -> Cal
 def _finish(x: Tensor, trajectory: list[Tensor] | None) -> Tensor:
     if trajectory is not None:
         trajectory.append(x.detach().clone())
+    return x
+
+
+def _sample_cold(
+    model_fn: Callable[..., Tensor], x: Tensor, *, sampler: str, degradation: Any, steps: int | None,
+    spacing: str, start_level: int | None, clip_x0: str | None, model_dtype: torch.dtype, progress: bool,
+) -> Tensor:
+    """A cold sampler's run from the degraded x `[B, C, H, W]` (sampling/cold.py)."""
+    levels = check_degradation(degradation, like=x)
+    if sampler == "cold_direct" and steps not in (None, 1):
+        raise ValueError(f"cold_direct restores in one model call; leave steps out (got steps={steps})")
+    grid = level_grid(levels, 1 if sampler == "cold_direct" else steps, spacing, start=start_level)
+    restore = Restorer(model_fn, grid, clip_x0=clip_x0, like=x, model_dtype=model_dtype)
+    x = SAMPLERS[sampler](restore, x, grid, degradation=degradation, progress=progress)
+    restore.raise_if_not_finite()
     return x
 
 

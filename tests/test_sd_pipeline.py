@@ -272,8 +272,10 @@ def test_seed_gives_the_same_image_at_any_batch_position(pipe):
     alone = pipe.txt2img("a cat", **kw, options=o.replace(seed=42))
     split = pipe.txt2img("a cat", num_images=3, batch_size=2, **kw, options=o.replace(seed=40))
     assert [m["seed"] for m in three.metadata] == [40, 41, 42]
-    torch.testing.assert_close(three.images[2], alone.images[0], rtol=0, atol=1e-5)
-    torch.testing.assert_close(three.images, split.images, rtol=0, atol=1e-5)
+    # float32 kernels block by batch size, so a batch of 1, 2 or 3 rounds differently (seen: 1.01e-5);
+    # 1e-4 is still 40x below one 8-bit level, and a wrong seed moves pixels by ~1.
+    torch.testing.assert_close(three.images[2], alone.images[0], rtol=0, atol=1e-4)
+    torch.testing.assert_close(three.images, split.images, rtol=0, atol=1e-4)
     assert (three.images[0] - three.images[1]).abs().max() > 0.05  # seeds differ -> images differ
 
 

@@ -85,7 +85,7 @@ class Restorer:
             raise ValueError(f"unknown clip_x0 {clip_x0!r}; choose one of [None, 'static', 'dynamic']")
         self.model_fn, self.grid, self.clip_x0, self.model_dtype = model_fn, grid, clip_x0, model_dtype
         batch = like.shape[0]
-        self.t = [torch.full((batch,), int(s), dtype=torch.long, device=like.device) for s in grid.levels]
+        self.t = [torch.full((batch,), s, dtype=torch.long, device=like.device) for s in grid.levels.tolist()]
         self.checks: list[Tensor] = []
 
     def __call__(self, x: Tensor, i: int) -> Tensor:

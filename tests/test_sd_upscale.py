@@ -10,6 +10,7 @@ us; the same prompt, seed, steps, noise level and guidance must give the same im
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 from pathlib import Path
@@ -28,7 +29,8 @@ transformers = pytest.importorskip("transformers")
 diffusers.utils.logging.set_verbosity_error()
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 
-CONTEXT = 32
+BPE = Path(__file__).resolve().parents[1] / "src" / "ddpm" / "assets" / "bpe_simple_vocab_16e6.txt.gz"
+CONTEXT = 64  # one 64-wide head in the text encoder, as OpenCLIP's heads are
 SIDE = 16  # low-res input; the output is 64 x 64
 TOL = 1e-3
 PROMPT, NEGATIVE = "a red fox, detailed fur", "blurry"
@@ -50,16 +52,16 @@ def randomize(model, seed: int):
     return model.eval()
 
 
-def _tokenizer_folder(folder: Path) -> None:
-    """A small CLIP BPE vocabulary (bytes, a few merges, the specials) padding with "!" as SD 2's does."""
+def _tokenizer_folder(folder: Path) -> int:
+    """CLIP's vocabulary (vocab.json + merges.txt from the packaged BPE) padding with "!" as SD 2's does."""
     printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
     symbols = [chr(b) for b in printable] + [chr(256 + n) for n in range(256 - len(printable))]
-    merges = ["t h", "th e</w>", "r e", "f o", "fo x</w>", "d e", "a i", "l e", "b l", "u r"]
-    tokens = symbols + [s + "</w>" for s in symbols] + [m.replace(" ", "") for m in merges]
+    lines = gzip.open(BPE, "rt", encoding="utf-8").read().split("\n")[1 : 49152 - 256 - 2 + 1]
+    tokens = symbols + [s + "</w>" for s in symbols] + [line.replace(" ", "") for line in lines]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     folder.mkdir(parents=True)
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(lines) + "\n", encoding="utf-8")
     (folder / "special_tokens_map.json").write_text(json.dumps({
         "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
         "pad_token": "!"}), encoding="utf-8")
@@ -77,16 +79,16 @@ def ref(tmp_path_factory):
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         only_cross_attention=[True, True, False], use_linear_projection=True, num_class_embeds=1000,
-        attention_head_dim=8, cross_attention_dim=CONTEXT, norm_num_groups=8,
+        attention_head_dim=8, cross_attention_dim=CONTEXT, norm_num_groups=32,  # as released
     ), seed=1)
     vae = randomize(diffusers.AutoencoderKL(
-        block_out_channels=(16, 16, 32), down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
+        block_out_channels=(32, 32, 32), down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, layers_per_block=1, norm_num_groups=32,
         scaling_factor=0.08333,
     ), seed=2)
     text = randomize(transformers.CLIPTextModel(transformers.CLIPTextConfig(
         vocab_size=vocab, hidden_size=CONTEXT, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2,
+        num_attention_heads=1,
         max_position_embeddings=77, hidden_act="gelu", bos_token_id=vocab - 2, eos_token_id=2, pad_token_id=1,
     )), seed=3)
     pipe = diffusers.StableDiffusionUpscalePipeline(
@@ -246,8 +248,12 @@ def test_a_text_to_image_folder_is_not_taken_for_an_upscaler(ref, tmp_path):
     (other / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionPipeline"}))
     with pytest.raises(ValueError, match="not an SD x4 upscaler"):
         load_sd_upscaler(other)
-    with pytest.raises(ValueError, match="single file"):
-        load_sd_upscaler(ref["root"] / "model_index.json")
+    from safetensors.torch import save_file
+
+    save_file({"model.diffusion_model.out.2.weight": torch.zeros(4, 32, 3, 3)},
+              str(tmp_path / "x.safetensors"))
+    with pytest.raises(ValueError, match="not an SD x4 upscaler single file.*first_stage_model"):
+        load_sd_upscaler(tmp_path / "x.safetensors")
 
 
 def test_a_tokenizer_json_reads_as_its_vocab_and_merges_files(ref):
@@ -258,3 +264,83 @@ def test_a_tokenizer_json_reads_as_its_vocab_and_merges_files(ref):
     text = ["the fox", "a red fox, blurry!"]
     assert torch.equal(files(text), saved(text))
     assert saved.pad_token_id == files.pad_token_id == 0
+
+
+def _open_clip(text, extra_block_seed: int = 9) -> dict[str, torch.Tensor]:
+    """The transformers text model's weights in OpenCLIP's layout (as SD 2 single files hold them), plus a
+    last block that SD 2's penultimate-layer reading must skip, and the unused projection."""
+    from ddpm.io.keymaps import text_keys
+
+    sd, out = text_keys(text.state_dict()), {}  # with the `text_model.` level newer transformers omit
+    n = text.config.num_hidden_layers
+    out["token_embedding.weight"] = sd["text_model.embeddings.token_embedding.weight"]
+    out["positional_embedding"] = sd["text_model.embeddings.position_embedding.weight"]
+    for p in ("weight", "bias"):
+        out[f"ln_final.{p}"] = sd[f"text_model.final_layer_norm.{p}"]
+        for i in range(n):
+            a, b = f"text_model.encoder.layers.{i}.", f"transformer.resblocks.{i}."
+            out[f"{b}attn.in_proj_{p}"] = torch.cat([sd[f"{a}self_attn.{q}_proj.{p}"] for q in "qkv"])
+            for ours, theirs in (("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"),
+                                 ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):
+                out[f"{b}{theirs}.{p}"] = sd[f"{a}{ours}.{p}"]
+    g = torch.Generator().manual_seed(extra_block_seed)
+    for key in [k for k in out if k.startswith("transformer.resblocks.0.")]:
+        out[key.replace(".0.", f".{n}.", 1)] = torch.randn(out[key].shape, generator=g)
+    out["text_projection"] = torch.randn(CONTEXT, CONTEXT, generator=g)
+    out["logit_scale"] = torch.tensor(4.6)
+    return out
+
+
+@pytest.fixture(scope="module")
+def single_file(ref, ours):
+    """The pipeline as the release's single file: LDM UNet (our names, no null row) and VAE, OpenCLIP text."""
+    from safetensors.torch import save_file
+
+    unet = dict(ours.unet.state_dict())
+    unet["label_emb.weight"] = unet["label_emb.weight"][:-1]
+    tensors = {**{"model.diffusion_model." + k: v for k, v in unet.items()},
+               **{"first_stage_model." + k: v for k, v in ours.vae.state_dict().items()},
+               **{"cond_stage_model.model." + k: v for k, v in _open_clip(ref["pipe"].text_encoder).items()}}
+    path = ref["root"].parent / "x4-upscaler-ema.safetensors"
+    save_file({k: v.contiguous().clone() for k, v in tensors.items()}, str(path))
+    return path
+
+
+def test_the_open_clip_text_tower_maps_as_diffusers_maps_it(ref):
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
+
+    from ddpm.io.keymaps import open_clip_text_keys
+
+    clip = _open_clip(ref["pipe"].text_encoder)
+    theirs = convert_open_clip_checkpoint(ref["pipe"].text_encoder,
+                                          {"cond_stage_model.model." + k: v for k, v in clip.items()})
+    mine = open_clip_text_keys(clip)
+    assert mine and all(torch.equal(v, theirs[k]) for k, v in mine.items())
+    last = f"text_model.encoder.layers.{ref['pipe'].text_encoder.config.num_hidden_layers}."
+    assert any(k.startswith(last) for k in theirs) and not any(k.startswith(last) for k in mine)
+
+
+def test_the_single_file_upscales_as_diffusers_does(ref, single_file):
+    up = StableDiffusionUpscale.load(single_file, device="cpu")
+    assert up.unet.config.cross_attention_only == (2,) and up.unet.config.num_classes == 1000
+    assert up.vae.config.scaling_factor == pytest.approx(0.08333) and up.tokenizer.pad_token == "!"
+    image, seed = _photo(seed=6), 77
+    expected = ref["pipe"](
+        PROMPT, image=image, negative_prompt=NEGATIVE, num_inference_steps=3, guidance_scale=6.0,
+        noise_level=20, generator=torch.Generator().manual_seed(seed), output_type="np",
+    ).images
+    got = up.upscale(image, prompt=PROMPT, negative_prompt=NEGATIVE, noise_level=20, steps=3,
+                     guidance_scale=6.0, seed=seed)
+    assert np.abs(_unit(got.images) - expected).max() <= TOL
+
+
+def test_the_cli_tells_an_upscaler_by_content_and_runs_the_single_file(ref, single_file, tmp_path):
+    from ddpm.cli._sd_upscale import is_sd_upscaler, run_sd_upscale
+
+    assert is_sd_upscaler(ref["root"]) and is_sd_upscaler(single_file)
+    assert not is_sd_upscaler(ref["root"] / "unet") and not is_sd_upscaler(tmp_path / "missing")
+    _photo(seed=8).save(tmp_path / "in.png")
+    assert run_sd_upscale(_args(ref, tmp_path, model=str(single_file), steps=1)) == 0
+    assert Image.open(tmp_path / "out.png").size == (4 * SIDE, 4 * SIDE)
+    with pytest.raises(UsageError, match="not an SD x4 upscaler"):
+        run_sd_upscale(_args(ref, tmp_path, model=str(ref["root"] / "unet"), out=str(tmp_path / "b.png")))

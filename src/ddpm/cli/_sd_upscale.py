@@ -3,7 +3,7 @@ folder, run by `ddpm.pipelines.sd_upscale.StableDiffusionUpscale`, one PNG out w
 regenerates it.
 
 `ddpm upscale --model FOLDER IN.png --prompt "…" --noise-level 20 --steps 20 --out OUT.png`; the command
-module dispatches here (`run_sd_upscale`) for an upscaler folder (`is_sd_upscaler`).
+module dispatches here (`run_sd_upscale`) for an upscaler folder or single file (`is_sd_upscaler`).
 """
 
 from __future__ import annotations
@@ -40,13 +40,31 @@ def add_sd_upscale_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def is_sd_upscaler(path: str | Path) -> bool:
-    """Whether `path` is a StableDiffusionUpscalePipeline diffusers folder (read from model_index.json)."""
-    index = Path(path) / "model_index.json"
+    """Whether `path` is an SD x4 upscaler, by content: a diffusers folder whose model_index.json names
+    StableDiffusionUpscalePipeline, or a single file holding a noise-level table and an OpenCLIP text
+    tower (a `.ckpt` pickle cannot be told without loading it: the loader then says what it holds)."""
+    path = Path(path)
+    if path.is_dir():
+        try:
+            index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+            return index.get("_class_name") == "StableDiffusionUpscalePipeline"
+        except (OSError, ValueError, AttributeError):
+            return False
+    from ._common import model_kind
+
     try:
-        return json.loads(index.read_text(encoding="utf-8")).get("_class_name") == \
-            "StableDiffusionUpscalePipeline"
-    except (OSError, ValueError, AttributeError):
+        kind = model_kind(path)
+        if kind == "pickle":
+            return True
+        if kind != "sd":
+            return False
+        from ..io.checkpoint import read_safetensors_header
+
+        keys = read_safetensors_header(path)
+    except (OSError, ValueError):
         return False
+    return "model.diffusion_model.label_emb.weight" in keys and any(
+        k.startswith("cond_stage_model.model.") for k in keys)
 
 
 def _opt(args: argparse.Namespace, name: str) -> Any:
@@ -55,14 +73,15 @@ def _opt(args: argparse.Namespace, name: str) -> Any:
 
 
 def run_sd_upscale(args: argparse.Namespace) -> int:
-    """Upscale `args.image` 4x with the x4 upscaler folder `args.model` into the PNG `args.out`; paths, the
-    image and the options are checked before torch is imported and the model loaded."""
+    """Upscale `args.image` 4x with the x4 upscaler (folder or file) `args.model` into the PNG `args.out`;
+    paths, the image and the options are checked before torch is imported and the model loaded."""
     model = Path(args.model)
     if not model.exists():
-        raise FileNotFoundError(f"no such x4 upscaler folder: {args.model!r}")
+        raise FileNotFoundError(f"no such x4 upscaler folder or file: {args.model!r}")
     if not is_sd_upscaler(model):
-        raise UsageError(f"{args.model!r} is not a stable-diffusion-x4-upscaler diffusers folder (its "
-                         "model_index.json must name StableDiffusionUpscalePipeline)")
+        raise UsageError(f"{args.model!r} is not an SD x4 upscaler: give the stable-diffusion-x4-upscaler "
+                         "diffusers folder (model_index.json naming StableDiffusionUpscalePipeline) or the "
+                         "release's x4-upscaler-ema single file")
     noise_level = _opt(args, "noise_level")
     if isinstance(noise_level, bool) or not isinstance(noise_level, int) or noise_level < 0:
         raise UsageError(f"--noise-level must be an integer >= 0 (20 is usual), got {noise_level!r}")

@@ -80,8 +80,9 @@ class StableDiffusionUpscale:
         vae_tile: int | None = None,
         max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
     ) -> StableDiffusionUpscale:
-        """From a `stable-diffusion-x4-upscaler` diffusers folder; `dtype="auto"` is float16 on a GPU and
-        float32 on the CPU; `vae_tile` as `StableDiffusion.load`'s (in latent cells = 4 output pixels)."""
+        """From a `stable-diffusion-x4-upscaler` diffusers folder or the release's single file;
+        `dtype="auto"` is float16 on a GPU and float32 on the CPU; `vae_tile` as `StableDiffusion.load`'s
+        (in latent cells = 4 output pixels)."""
         dev = resolve_device(device)
         models = load_sd_upscaler(path, dtype=resolve_dtype(dtype, dev), device=dev)
         return cls(models, name=Path(path).name, vae_tile=vae_tile, max_input_pixels=max_input_pixels)

@@ -344,3 +344,20 @@ def test_the_cli_tells_an_upscaler_by_content_and_runs_the_single_file(ref, sing
     assert Image.open(tmp_path / "out.png").size == (4 * SIDE, 4 * SIDE)
     with pytest.raises(UsageError, match="not an SD x4 upscaler"):
         run_sd_upscale(_args(ref, tmp_path, model=str(ref["root"] / "unet"), out=str(tmp_path / "b.png")))
+
+
+def test_cross_attention_only_levels_round_trip_through_the_diffusers_config():
+    from ddpm.config.architectures import UNetConfig
+    from ddpm.io.diffusers_configs import unet_config_from_diffusers, unet_config_to_diffusers
+
+    cfg = UNetConfig(in_channels=4, out_channels=4, model_channels=32, channel_mult=(1, 1, 2),
+                     attention_resolutions=(2, 4), cross_attention_only=(2,), context_dim=64, num_heads=8)
+    d = unet_config_to_diffusers(cfg)
+    assert d["only_cross_attention"] == [False, True, False]
+    assert unet_config_from_diffusers(d) == cfg
+    with pytest.raises(ValueError, match="one bool per down block"):
+        unet_config_from_diffusers({**d, "only_cross_attention": True})
+    with pytest.raises(ValueError, match="without attention"):
+        cfg.replace(cross_attention_only=(1,))
+    with pytest.raises(ValueError, match="needs context_dim"):
+        UNetConfig(attention_resolutions=(2,), cross_attention_only=(2,))

@@ -39,7 +39,9 @@ class UNetConfig(DictConfig):
     `learned_variance` the network outputs twice as many (the second half parameterises the variance,
     Improved DDPM Eq. 15). With `num_classes=K` the class table has K+1 rows, the last being the "null"
     class used for classifier-free guidance. `context_dim` switches attention layers to LDM spatial
-    transformers with cross-attention.
+    transformers with cross-attention; at the factors in `cross_attention_only` the transformer's first
+    attention attends the context too instead of the pixels (LDM's `disable_self_attentions`, diffusers'
+    `only_cross_attention`: the SD x4 upscaler has it at 2, 4 and not 8).
     """
 
     in_channels: int = 3
@@ -68,10 +70,12 @@ class UNetConfig(DictConfig):
     patch_size: int = 1
     context_pool: bool = False
     coord_channels: bool = False
+    cross_attention_only: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
         self.attention_resolutions = tuple(sorted({int(r) for r in self.attention_resolutions}))
+        self.cross_attention_only = tuple(sorted({int(r) for r in self.cross_attention_only}))
         for name in ("in_channels", "out_channels", "model_channels", "num_res_blocks", "transformer_depth",
                      "norm_groups", "num_heads", "patch_size"):
             value = getattr(self, name)
@@ -88,6 +92,14 @@ class UNetConfig(DictConfig):
                 f"{len(self.channel_mult)} levels; got {bad} (for attention at 16x16 of a 32x32 input, "
                 "write 2)"
             )
+        stray = [r for r in self.cross_attention_only if r not in self.attention_resolutions]
+        if stray:
+            raise ValueError(
+                "UNetConfig.cross_attention_only holds factors with attention "
+                f"({list(self.attention_resolutions)}); got {stray} without attention"
+            )
+        if self.cross_attention_only and self.context_dim is None:
+            raise ValueError("UNetConfig.cross_attention_only needs context_dim (a cross-attention UNet)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"UNetConfig.dropout must lie in [0, 1); got {self.dropout}")
         if self.norm_eps <= 0:

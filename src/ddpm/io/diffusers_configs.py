@@ -38,8 +38,8 @@ _UNET_REQUIRED = {
     "time_embedding_dim": None,
     "time_cond_proj_dim": None,
     "timestep_post_act": None,
-    "only_cross_attention": False,
     "dual_cross_attention": False,
+    "mid_block_only_cross_attention": None,
     "resnet_skip_time_act": False,
     "resnet_out_scale_factor": 1.0,
     "conv_in_kernel": 3,
@@ -63,8 +63,8 @@ def _per_block(value: Any, n: int) -> list[Any]:
 def unet_config_from_diffusers(config: Mapping[str, Any]) -> UNetConfig:
     """Our `UNetConfig` for a diffusers `UNet2DConditionModel` / `UNet2DModel` config (its `config.json`)."""
     c = dict(config)
-    if "only_cross_attention" in c:  # a bool or one bool per block
-        c["only_cross_attention"] = any(_per_block(c["only_cross_attention"], 1))
+    if c.get("mid_block_only_cross_attention") is False:
+        c["mid_block_only_cross_attention"] = None  # the default: a plain middle block
     unsupported = {k: c[k] for k, want in _UNET_REQUIRED.items() if k in c and c[k] != want}
     if unsupported:
         raise ValueError(f"diffusers UNet options our UNet does not express: {unsupported}")
@@ -89,6 +89,15 @@ def unet_config_from_diffusers(config: Mapping[str, Any]) -> UNetConfig:
     attn = [_DOWN_ATTN[t] for t in down]
     if [_UP_ATTN[t] for t in reversed(up)] != attn:
         raise ValueError(f"up blocks {up} do not mirror down blocks {down}")
+    cross_only = c.get("only_cross_attention", False)
+    if isinstance(cross_only, bool):
+        if cross_only:  # one bool also sets the middle block's, which ours keeps as self-attention
+            raise ValueError("only_cross_attention=true (every block and the middle one) is not expressed by "
+                             "our UNet; it takes one bool per down block, with a self-attending middle block")
+        cross_only = [False] * len(boc)
+    cross_only = [bool(v) for v in cross_only]
+    if len(cross_only) != len(boc):
+        raise ValueError(f"only_cross_attention {cross_only} needs one entry per block ({len(boc)})")
     if c.get("mid_block_type", _MID[0]) not in _MID:
         raise ValueError(f"unsupported mid_block_type {c.get('mid_block_type')!r}; supported: {list(_MID)}")
     layers = _per_block(c.get("layers_per_block", 2), len(boc))
@@ -120,6 +129,7 @@ def unet_config_from_diffusers(config: Mapping[str, Any]) -> UNetConfig:
         channel_mult=tuple(b // mc for b in boc),
         num_res_blocks=int(layers[0]),
         attention_resolutions=tuple(2**i for i, a in enumerate(attn) if a),
+        cross_attention_only=tuple(2**i for i, a in enumerate(attn) if a and cross_only[i]),
         dropout=float(c.get("dropout", 0.0)),
         use_scale_shift_norm=c.get("resnet_time_scale_shift", "default") == "scale_shift",
         num_classes=c.get("num_class_embeds"),
@@ -159,7 +169,8 @@ def unet_config_to_diffusers(config: UNetConfig) -> dict[str, Any]:
         "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn],
         "mid_block_type": "UNetMidBlock2DCrossAttn",
         "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
-        "only_cross_attention": False,
+        "only_cross_attention": [2**i in c.cross_attention_only for i in range(levels)]
+        if c.cross_attention_only else False,
         "block_out_channels": widths,
         "layers_per_block": c.num_res_blocks,
         "downsample_padding": 1,

@@ -56,6 +56,8 @@ __all__ = [
     "rename",
     "unet_table",
     "vae_table",
+    "OPEN_CLIP_PREFIX",
+    "open_clip_text_keys",
     "unet_to_diffusers",
     "diffusers_unet_state_dict",
     "vae_to_diffusers",
@@ -312,6 +314,34 @@ def vae_from_single_file(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 # ------------------------------------------------------------------------------------------ text encoder
+OPEN_CLIP_PREFIX = "cond_stage_model.model."  # SD 2.x single files: the OpenCLIP text transformer
+_OPEN_CLIP_LEAVES = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "mlp.c_fc": "mlp.fc1",
+                     "mlp.c_proj": "mlp.fc2", "attn.out_proj": "self_attn.out_proj"}
+
+
+def open_clip_text_keys(sd: Mapping[str, Tensor], *, skip_last: int = 1) -> dict[str, Tensor]:
+    """An OpenCLIP text tower (keys under `OPEN_CLIP_PREFIX`, stripped) in our = transformers' names,
+    without its last `skip_last` blocks (SD 2 reads the penultimate layer's states, then `ln_final`):
+    `resblocks.i.attn.in_proj_*` rows [q; k; v] become `q_proj`, `k_proj`, `v_proj`; `text_projection`
+    and `logit_scale` (unused by diffusion) are dropped."""
+    blocks = sorted({int(m.group(1)) for k in sd if (m := re.match(r"transformer\.resblocks\.(\d+)\.", k))})
+    if not blocks or "token_embedding.weight" not in sd or "ln_final.weight" not in sd:
+        raise ValueError("the OpenCLIP text weights lack token_embedding, ln_final or transformer.resblocks")
+    keep = blocks[: len(blocks) - skip_last]
+    out = {"text_model.embeddings.token_embedding.weight": sd["token_embedding.weight"],
+           "text_model.embeddings.position_embedding.weight": sd["positional_embedding"],
+           "text_model.final_layer_norm.weight": sd["ln_final.weight"],
+           "text_model.final_layer_norm.bias": sd["ln_final.bias"]}
+    for i in keep:
+        src, dst = f"transformer.resblocks.{i}.", f"text_model.encoder.layers.{i}."
+        for param in ("weight", "bias"):
+            for theirs, ours in _OPEN_CLIP_LEAVES.items():
+                out[f"{dst}{ours}.{param}"] = sd[f"{src}{theirs}.{param}"]
+            q, k, v = sd[f"{src}attn.in_proj_{param}"].chunk(3)
+            out.update({f"{dst}self_attn.{n}_proj.{param}": t for n, t in zip("qkv", (q, k, v))})
+    return out
+
+
 def text_keys(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Text-encoder keys with the `text_model.` level (older writers omit it), without `position_ids`."""
     out = {}

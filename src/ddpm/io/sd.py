@@ -213,6 +213,9 @@ def _load_folder(
     pipeline = index.get("_class_name", "")
     if "XL" in pipeline or "text_encoder_2" in index:
         raise ValueError(f"{root} is an SDXL pipeline ({pipeline}), which is not supported yet")
+    if pipeline == "StableDiffusionUpscalePipeline":
+        raise ValueError(f"{root} is the SD x4 upscaler: load it with ddpm.pipelines.StableDiffusionUpscale "
+                         "(ddpm upscale), not as a text-to-image model")
     if pipeline not in _PIPELINES:
         raise ValueError(f"{root} holds a {pipeline or 'unknown'} pipeline; supported: {list(_PIPELINES)}")
     for part in ("unet", "vae", "text_encoder"):
@@ -235,7 +238,7 @@ def _load_folder(
     unet_sd = _convert(diffusers_unet_state_dict, unet_raw, unet_config, "UNet", files[0])
     vae_sd = _convert(lambda sd, _: vae_from_diffusers(sd), vae_raw, vae_config, "VAE", files[1])
     text_sd = text_keys(text_raw)
-    if (root / "tokenizer" / "vocab.json").is_file():
+    if any((root / "tokenizer" / name).is_file() for name in ("vocab.json", "tokenizer.json")):
         tokenizer = CLIPTokenizer.from_folder(root / "tokenizer")
     else:
         warnings.warn(f"{root} has no tokenizer/ folder; using CLIP's packaged vocabulary", stacklevel=3)

@@ -128,8 +128,9 @@ def _indices(keys: list[str], pattern: str) -> list[int]:
     return sorted({int(m.group(1)) for k in keys if (m := re.match(pattern, k))})
 
 
-def infer_unet_config(sd: Mapping[str, Tensor]) -> UNetConfig:
-    """The `UNetConfig` of a latent UNet state dict in our (= single-file) names, from its shapes."""
+def infer_unet_config(sd: Mapping[str, Tensor], *, wide_context: bool = False) -> UNetConfig:
+    """The `UNetConfig` of a latent UNet state dict in our (= single-file) names, from its shapes;
+    `wide_context` accepts SD 2's 1024-wide text states (the x4 upscaler's loader sets it)."""
     keys = list(sd)
     stem = sd.get("input_blocks.0.0.weight")
     if stem is None or stem.ndim != 4 or "out.2.weight" not in sd:
@@ -140,7 +141,7 @@ def infer_unet_config(sd: Mapping[str, Tensor]) -> UNetConfig:
         raise ValueError("the UNet has no cross-attention (attn2) weights, so it is not a text-conditioned "
                          "latent diffusion UNet")
     context_dim = int(context[0][1])
-    if context_dim == SD2_CONTEXT:
+    if context_dim == SD2_CONTEXT and not wide_context:
         raise ValueError(f"cross-attention width {SD2_CONTEXT}: this is an SD 2.x checkpoint, which is not "
                          "supported yet (SD 1.x has width 768)")
     widths: list[list[int]] = [[]]

@@ -81,13 +81,14 @@ class UNet(nn.Module):
                 norm_eps=cfg.norm_eps, **kw,
             )
 
-        def attention(ch: int) -> nn.Module:
+        def attention(ch: int, ds: int = 0) -> nn.Module:
             heads, dim_head = heads_for(ch, num_heads=cfg.num_heads, num_head_channels=cfg.num_head_channels)
             if cfg.context_dim is None:
                 return AttentionBlock(ch, heads=heads, norm_groups=cfg.norm_groups, norm_eps=cfg.norm_eps)
             return SpatialTransformer(
                 ch, heads=heads, dim_head=dim_head, depth=cfg.transformer_depth, context_dim=cfg.context_dim,
                 norm_groups=cfg.norm_groups, use_linear_projection=cfg.use_linear_projection,
+                self_attention=ds not in cfg.cross_attention_only,
             )
 
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -110,7 +111,7 @@ class UNet(nn.Module):
                 layers: list[nn.Module] = [res(ch, mult * mc)]
                 ch = mult * mc
                 if ds in cfg.attention_resolutions:
-                    layers.append(attention(ch))
+                    layers.append(attention(ch, ds))
                 self.input_blocks.append(TimestepSequential(*layers))
                 skip_channels.append(ch)
             if level != last:
@@ -130,7 +131,7 @@ class UNet(nn.Module):
                 layers = [res(ch + skip_channels.pop(), mult * mc)]
                 ch = mult * mc
                 if ds in cfg.attention_resolutions:
-                    layers.append(attention(ch))
+                    layers.append(attention(ch, ds))
                 if level and i == cfg.num_res_blocks:
                     layers.append(res(ch, ch, up=True) if cfg.resblock_updown
                                   else Upsample(ch, use_conv=cfg.conv_resample))

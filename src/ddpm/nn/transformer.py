@@ -47,7 +47,8 @@ class FeedForward(nn.Module):
 
 
 class BasicTransformerBlock(nn.Module):
-    """Pre-norm block on tokens `[B, L, dim]`: self-attention, cross-attention to `context`, feed-forward."""
+    """Pre-norm block on tokens `[B, L, dim]`: self-attention, cross-attention to `context`, feed-forward.
+    With `self_attention=False` the first attention attends `context` too (LDM's `disable_self_attn`)."""
 
     def __init__(
         self,
@@ -57,9 +58,15 @@ class BasicTransformerBlock(nn.Module):
         dim_head: int,
         context_dim: int | None = None,
         dropout: float = 0.0,
+        self_attention: bool = True,
     ):
         super().__init__()
-        self.attn1 = CrossAttention(dim, heads=heads, dim_head=dim_head, dropout=dropout)
+        if not self_attention and context_dim is None:
+            raise ValueError("self_attention=False makes the first attention a cross-attention: "
+                             "give context_dim")
+        self.self_attention = self_attention
+        self.attn1 = CrossAttention(dim, context_dim=None if self_attention else context_dim, heads=heads,
+                                    dim_head=dim_head, dropout=dropout)
         self.ff = FeedForward(dim, dropout=dropout)
         self.attn2 = CrossAttention(
             dim, context_dim=context_dim, heads=heads, dim_head=dim_head, dropout=dropout
@@ -69,14 +76,15 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        x = x + self.attn1(self.norm1(x))
+        x = x + self.attn1(self.norm1(x), None if self.self_attention else context)
         x = x + self.attn2(self.norm2(x), context)
         return x + self.ff(self.norm3(x))
 
 
 class SpatialTransformer(nn.Module):
     """Residual transformer over the pixels of `[B, C, H, W]` conditioned on `context [B, S, context_dim]`
-    (LDM §3.3). `use_linear_projection` selects Linear (SD 2) instead of 1x1 conv (SD 1) for proj_in/out."""
+    (LDM §3.3). `use_linear_projection` selects Linear (SD 2) instead of 1x1 conv (SD 1) for proj_in/out;
+    `self_attention=False` makes every block's first attention a second cross-attention."""
 
     def __init__(
         self,
@@ -89,6 +97,7 @@ class SpatialTransformer(nn.Module):
         dropout: float = 0.0,
         norm_groups: int = 32,
         use_linear_projection: bool = False,
+        self_attention: bool = True,
     ):
         super().__init__()
         inner = heads * dim_head
@@ -101,7 +110,8 @@ class SpatialTransformer(nn.Module):
             self.proj_in = nn.Conv2d(channels, inner, kernel_size=1)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(
-                inner, heads=heads, dim_head=dim_head, context_dim=context_dim, dropout=dropout
+                inner, heads=heads, dim_head=dim_head, context_dim=context_dim, dropout=dropout,
+                self_attention=self_attention,
             )
             for _ in range(depth)
         )

@@ -3,6 +3,7 @@ call these only.
 
 - `PixelPipeline`: unconditional, class- and text-conditional pixel models (run folders, `ddpm export` files);
 - `StableDiffusion`: SD 1.x checkpoints (single files or diffusers folders): txt2img, img2img, inpaint;
+- `StableDiffusionUpscale`: the SD x4 upscaler (a diffusers folder): `upscale(image, prompt=…)`;
 - `SamplingOptions`: sampler, steps, grid, guidance and seed, shared by both and by the CLI.
 """
 
@@ -17,6 +18,7 @@ from .pixel import PixelPipeline
 _LAZY = {
     "StableDiffusion": "stable_diffusion",
     "SDResult": "stable_diffusion",
+    "StableDiffusionUpscale": "sd_upscale",
 }
 __all__ = ["PixelPipeline", "SamplingOptions", *_LAZY]
 

@@ -40,7 +40,8 @@ from .prompts import CHUNK_TOKENS, encode_prompts
 from .sd_images import ImageInput, check_size, image_size, image_tensor, mask_tensor, round_size
 from .sd_inpaint import blending_unet, inpainting_unet, latent_mask
 
-__all__ = ["StableDiffusion", "SDResult", "generation_kwargs", "DEFAULT_FINAL_SIGMA"]
+__all__ = ["StableDiffusion", "SDResult", "generation_kwargs", "DEFAULT_FINAL_SIGMA", "resolve_dtype",
+           "decode_latents"]
 
 # Where each sampler's last step lands with SD 1.x's scheduler configs (set_alpha_to_one=False for
 # DDIM/PNDM; final_sigmas_type="zero" for Euler and DPM-Solver).
@@ -127,21 +128,7 @@ class StableDiffusion:
         in `torch.compile`; `vae_tile` decodes in windows of that many latent cells (64 = 512 pixels; None:
         64 once a latent side passes 96; 0: never)."""
         dev = resolve_device(device)
-        if dtype == "auto":
-            dtype = torch.float16 if dev.type == "cuda" else torch.float32
-        if isinstance(dtype, str):
-            names = {
-                "float32": torch.float32,
-                "fp32": torch.float32,
-                "float16": torch.float16,
-                "fp16": torch.float16,
-                "bfloat16": torch.bfloat16,
-                "bf16": torch.bfloat16,
-            }
-            if dtype not in names:
-                raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(names)} or 'auto'")
-            dtype = names[dtype]
-        models = load_stable_diffusion(path, dtype=dtype, device=dev)
+        models = load_stable_diffusion(path, dtype=resolve_dtype(dtype, dev), device=dev)
         if channels_last if channels_last is not None else dev.type == "cuda":
             models.unet.to(memory_format=torch.channels_last)
             models.vae.to(memory_format=torch.channels_last)
@@ -428,24 +415,43 @@ class StableDiffusion:
         return next(self.vae.parameters()).dtype
 
     def _decode(self, latents: Tensor) -> Tensor:
-        """Latents -> images; an fp16/bf16 VAE that gives NaN/inf runs again in float32 (no black image)."""
-        tile = self.vae_tile
-        if tile is None:  # auto: windows of 512 pixels (SD) once a side passes 768
-            tile = 64 if max(latents.shape[-2:]) > 96 else None
-        elif tile == 0:
-            tile = None
-        z = latents.to(self.vae_dtype)
-        out = self.vae.decode(z, tile=tile)
-        if self.vae_dtype != torch.float32 and not bool(torch.isfinite(out).all()):
-            warnings.warn(
-                f"the {self.vae_dtype} VAE decoded NaN/inf values; decoding again in float32",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-            dtype = self.vae_dtype
-            self.vae.float()
-            try:
-                out = self.vae.decode(latents.float(), tile=tile)
-            finally:
-                self.vae.to(dtype)
-        return out
+        return decode_latents(self.vae, latents, self.vae_tile)
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype:
+    """"auto" -> float16 on a GPU, float32 on the CPU; a name (float32, fp16, bf16 …) -> its torch dtype."""
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(_DTYPES)} or 'auto'")
+        return _DTYPES[dtype]
+    return dtype
+
+
+def decode_latents(vae: Any, latents: Tensor, vae_tile: int | None) -> Tensor:
+    """Latents -> images with `vae`, in windows of `vae_tile` latent cells (None: 64 once a side passes 96;
+    0: never); an fp16/bf16 VAE that gives NaN/inf runs again in float32 (no black image)."""
+    tile = vae_tile
+    if tile is None:  # auto: windows of 512 pixels (SD) once a side passes 768
+        tile = 64 if max(latents.shape[-2:]) > 96 else None
+    elif tile == 0:
+        tile = None
+    vae_dtype = next(vae.parameters()).dtype
+    out = vae.decode(latents.to(vae_dtype), tile=tile)
+    if vae_dtype != torch.float32 and not bool(torch.isfinite(out).all()):
+        warnings.warn(
+            f"the {vae_dtype} VAE decoded NaN/inf values; decoding again in float32",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+        vae.float()
+        try:
+            out = vae.decode(latents.float(), tile=tile)
+        finally:
+            vae.to(vae_dtype)
+    return out

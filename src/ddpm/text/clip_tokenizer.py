@@ -105,15 +105,20 @@ class CLIPTokenizer:
 
     @classmethod
     def from_folder(cls, path: str | Path) -> CLIPTokenizer:
-        """From a `tokenizer/` folder: `vocab.json` + `merges.txt`, special tokens from its JSON configs."""
+        """From a `tokenizer/` folder: `vocab.json` + `merges.txt` (or, as newer transformers save it, only
+        `tokenizer.json`), special tokens from its JSON configs."""
         folder = Path(path)
-        for name in ("vocab.json", "merges.txt"):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(f"{folder} has no {name}; point at a tokenizer folder holding both")
-        vocab = _read_json(folder / "vocab.json")
+        if not (folder / "vocab.json").is_file() and (folder / "tokenizer.json").is_file():
+            vocab, merges = _read_tokenizer_json(folder / "tokenizer.json")
+        else:
+            for name in ("vocab.json", "merges.txt"):
+                if not (folder / name).is_file():
+                    raise FileNotFoundError(f"{folder} has no {name}; point at a tokenizer folder "
+                                            "holding both (or a tokenizer.json)")
+            vocab = _read_json(folder / "vocab.json")
+            merges = read_merges_file(folder / "merges.txt")
         if not all(isinstance(i, int) for i in vocab.values()):
-            raise ValueError(f"{folder / 'vocab.json'} should map each token to an integer id")
-        merges = read_merges_file(folder / "merges.txt")
+            raise ValueError(f"{folder} vocabulary should map each token to an integer id")
         config = _read_json(folder / "tokenizer_config.json")
         # Where both files name a role, special_tokens_map.json wins, as in transformers.
         settings = {**config, **_read_json(folder / "special_tokens_map.json")}
@@ -245,6 +250,20 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path} should hold a JSON object, got {type(data).__name__}")
     return data
+
+
+def _read_tokenizer_json(path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """(vocab, merges) of a `tokenizers` BPE `tokenizer.json` (merges written "a b" or as ["a", "b"])."""
+    model = _read_json(path).get("model")
+    if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+        raise ValueError(f"{path} does not hold a BPE tokenizer model (model.type BPE with a vocab)")
+    merges: list[tuple[str, str]] = []
+    for m in model.get("merges") or []:
+        pair = m.split(" ") if isinstance(m, str) else m
+        if not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(p, str) for p in pair):
+            raise ValueError(f"{path}: a merge should be two tokens, got {m!r}")
+        merges.append((pair[0], pair[1]))
+    return dict(model["vocab"]), merges
 
 
 def _special_entry(value: Any, *, folder: Path, role: str) -> tuple[str, bool, bool]:

@@ -305,6 +305,8 @@ class FIDInceptionV3(nn.Module):
             raise ValueError(f"expected RGB images [B, 3, H, W], got shape {tuple(images.shape)}")
         p = next(self.parameters())
         x = prepare(images.to(p.device), resize).to(p.dtype)
+        if p.ndim == 4 and p.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
         return self(x, dims).float().cpu()
 
     def fold_batchnorm(self) -> FIDInceptionV3:
@@ -371,7 +373,8 @@ def load_inception(
     fold: bool = True,
 ) -> FIDInceptionV3:
     """The FID Inception-v3 with the user's weights (`weights`, else $DDPM_INCEPTION_WEIGHTS), in eval mode
-    on `device`; `fold` merges the BatchNorms into the convs (same features to float round-off, faster)."""
+    on `device`, in channels-last layout; `fold` merges the BatchNorms into the convs (same features to float
+    round-off, faster)."""
     from ..io.checkpoint import load_state_dict
 
     path = weights_path(weights)
@@ -385,4 +388,5 @@ def load_inception(
     model.eval().requires_grad_(False)
     if fold:
         model.fold_batchnorm()
-    return model.to(device)
+    # channels-last convolutions: about 1.4x the images/s of the default layout on a CPU (fid_speed.py)
+    return model.to(device, memory_format=torch.channels_last)

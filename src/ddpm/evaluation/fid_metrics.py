@@ -449,6 +449,7 @@ def fid(
     progress: bool = False,
     model: Any = None,
     method: str = "auto",
+    labels: tuple[str, str] = ("A", "B"),
 ) -> FIDResult:
     """FID (and with `kid` / `pr`, KID and precision/recall) between `a` and `b`: image folders, `.npz`
     statistics (FID only) or tensors of images `[N, C, H, W]` in [-1, 1] or uint8.
@@ -457,7 +458,7 @@ def fid(
     `model` a loaded `FIDInceptionV3` to use instead. `cache`: True (the default folder, `cache_dir()`), a
     folder, or False; folder statistics are looked up there by content hash.
     precision is the share of `b` inside `a`'s manifold: give the real images as `a`. `method`: see
-    `fid_from_stats`.
+    `fid_from_stats`. `labels` name the two sets in progress bars and messages.
     """
     from .inception import DIMS, RESIZE_MODES, load_inception, weights_path
 
@@ -465,7 +466,7 @@ def fid(
         raise ValueError(f"--dims must be one of {', '.join(map(str, DIMS))}, got {dims}")
     if resize not in RESIZE_MODES:
         raise ValueError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
-    sides = [_Side(a, "A"), _Side(b, "B")]
+    sides = [_Side(a, labels[0]), _Side(b, labels[1])]
     for side in sides:
         if not isinstance(side.source, Tensor) and not side.is_stats:
             list_images(side.source)  # a missing or empty folder fails before the weights load
@@ -541,7 +542,7 @@ def _fid_metric(ctx: Any) -> Any:
     o = ctx.options
     samples, _ = ctx.samples()
     res = fid(o.fid_reference, to_uint8_rgb(samples), weights=o.fid_weights, dims=o.fid_dims,
-              resize=o.fid_resize, progress=o.progress)  # fmt: skip
+              resize=o.fid_resize, progress=o.progress, labels=("reference", "samples"))  # fmt: skip
     note = (f"Inception-v3 pool features (dims {res.dims}, --resize {res.resize}): {res.num_b} samples vs "
             f"{res.num_a or 'the'} reference images of {o.fid_reference}")
     return MetricResult("fid", res.fid, note, {"reference": str(o.fid_reference), **res.to_dict()})

@@ -195,7 +195,7 @@ def test_fid_of_two_folders_matches_the_reference_at_64_and_2048(tmp_path, ours,
     a, b = _write_folders(tmp_path)
     feats = {}
     for name, folder in (("a", a), ("b", b)):
-        rows = [reference(torch.from_numpy(np.asarray(Image.open(p).convert("RGB"))).permute(2, 0, 1)[None])
+        rows = [reference(torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)[None])
                 for p in sorted(p for p in folder.rglob("*") if p.is_file())]  # fmt: skip
         feats[name] = {d: torch.cat([r[i] for r in rows]).double().numpy() for i, d in ((0, 64), (3, 2048))}
     for dims in (64, 2048):
@@ -447,6 +447,8 @@ def test_cli_errors_are_one_clear_line(tmp_path, weights, monkeypatch):
         ((a, tmp_path / "missing", "--weights", weights), "no such folder or statistics file"),
         ((a, b, "--resize", "lanczos"), "argument --resize: invalid choice"),
         (("--save-stats", a, tmp_path / "x.txt"), "must end in .npz"),
+        ((a, b, "--weights", weights, "--device", "cuda:7" if not torch.cuda.is_available() else "nope"),
+         "--device"),
     ]
     for argv, says in cases:
         code, out, err = _cli(*argv)

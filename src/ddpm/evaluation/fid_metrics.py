@@ -391,7 +391,13 @@ def resolve_device(device: str | torch.device) -> torch.device:
     """ "auto" -> cuda when available, else cpu; anything else as torch reads it."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"--device {device!r} is not a device name (auto, cpu, cuda, cuda:1, mps)") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available here; use --device cpu or auto")
+    return dev
 
 
 class _Side:

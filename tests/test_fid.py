@@ -29,6 +29,7 @@ from PIL import Image
 
 from ddpm.cli import main
 from ddpm.evaluation import fid_metrics as fm
+from ddpm.evaluation import fid_score as fs
 from ddpm.evaluation.inception import (
     DIMS,
     RESIZE_MODES,
@@ -199,7 +200,7 @@ def test_fid_of_two_folders_matches_the_reference_at_64_and_2048(tmp_path, ours,
                 for p in sorted(p for p in folder.rglob("*") if p.is_file())]  # fmt: skip
         feats[name] = {d: torch.cat([r[i] for r in rows]).double().numpy() for i, d in ((0, 64), (3, 2048))}
     for dims in (64, 2048):
-        got = fm.fid(a, b, model=ours, dims=dims, cache=False, batch_size=3)
+        got = fs.fid(a, b, model=ours, dims=dims, cache=False, batch_size=3)
         want = _fid_reference(feats["a"][dims], feats["b"][dims])
         assert want > 0 and got.fid == pytest.approx(want, rel=1e-3), dims
         assert (got.num_a, got.num_b, got.dims) == (4, 3, dims)
@@ -373,28 +374,28 @@ def test_npz_round_trip_and_pytorch_fid_files(tmp_path):
         assert back.count == n and (back.features is None) == (n > 16)
     theirs = tmp_path / "pytorch-fid.npz"  # pytorch-fid's --save-stats writes exactly mu and sigma
     np.savez(theirs, mu=stats.mu, sigma=stats.sigma)
-    assert fm.fid(theirs, tmp_path / "s40.npz").fid == pytest.approx(0.0, abs=1e-9)  # no weights needed
+    assert fs.fid(theirs, tmp_path / "s40.npz").fid == pytest.approx(0.0, abs=1e-9)  # no weights needed
     np.savez(tmp_path / "other.npz", m=stats.mu)
     with pytest.raises(ValueError, match="no 'mu' and 'sigma'.*--save-stats"):
         fm.load_stats(tmp_path / "other.npz")
     with pytest.raises(ValueError, match="KID and precision/recall need images"):
-        fm.fid(theirs, theirs, kid=True)
+        fs.fid(theirs, theirs, kid=True)
 
 
 def test_folder_statistics_are_cached_by_content(tmp_path, weights, monkeypatch):
     a, b = _write_folders(tmp_path)
     cache = tmp_path / "cache"
-    first = fm.fid(a, b, weights=weights, dims=64, cache=cache, device="cpu")
+    first = fs.fid(a, b, weights=weights, dims=64, cache=cache, device="cpu")
     assert len(list(cache.glob("*.npz"))) == 2
 
     def no_network(*args, **kwargs):
         raise AssertionError("a cached folder was pushed through the network again")
 
-    monkeypatch.setattr(fm, "folder_features", no_network)
-    assert fm.fid(a, b, weights=weights, dims=64, cache=cache, device="cpu").fid == first.fid
+    monkeypatch.setattr(fs, "folder_features", no_network)
+    assert fs.fid(a, b, weights=weights, dims=64, cache=cache, device="cpu").fid == first.fid
     monkeypatch.undo()
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(b / "0.png")  # new content, new key
-    changed = fm.fid(a, b, weights=weights, dims=64, cache=cache, device="cpu")
+    changed = fs.fid(a, b, weights=weights, dims=64, cache=cache, device="cpu")
     assert changed.fid != first.fid and len(list(cache.glob("*.npz"))) == 3
 
 
@@ -402,7 +403,7 @@ def test_tensors_kid_and_pr_through_the_python_call(ours):
     g = torch.Generator().manual_seed(8)
     real = torch.rand(5, 3, 24, 24, generator=g) * 2 - 1
     fake = torch.rand(5, 1, 24, 24, generator=g) * 2 - 1  # grey samples are repeated to RGB
-    res = fm.fid(real, fake, model=ours, dims=64, kid=True, pr=True, kid_subsets=4)
+    res = fs.fid(real, fake, model=ours, dims=64, kid=True, pr=True, kid_subsets=4)
     assert res.fid > 0 and res.kid_subset_size == 5 and res.kid_std < 1e-12  # 5 of 5: subsets alike
     assert 0 <= res.precision <= 1 and 0 <= res.recall <= 1
     assert [line.split(":")[0] for line in res.lines()] == ["FID", "KID", "precision"]
@@ -497,7 +498,7 @@ def test_eval_metric_fid_samples_in_chunks_and_scores_them(tmp_path, weights, ou
     res = evaluate(EvalContext(pipe, options), "fid")["fid"]
     assert pipe.calls == [(2, 0), (2, 2), (1, 4)]  # chunks seeded seed + start: the same images as one call
     samples = torch.cat([pipe.generate(5, options=pipe.resolve(None).replace(seed=0))[0]])
-    want = fm.fid(a, samples, model=ours, dims=64, cache=False).fid
+    want = fs.fid(a, samples, model=ours, dims=64, cache=False).fid
     assert res.value == pytest.approx(want, rel=1e-5)
     assert res.details["num_b"] == 5 and "64" in res.note
 

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         out = check_out_file(args.b, force=args.force, option="the output", suffix=".npz")
         if args.kid or args.pr:
             raise ValueError("--kid and --pr compare two sets; --save-stats writes one set's mu and sigma")
-        from ..evaluation.fid_metrics import save_folder_stats
+        from ..evaluation.fid_score import save_folder_stats
 
         stats = save_folder_stats(args.a, out, weights=args.weights, dims=args.dims, resize=args.resize,
                                   batch_size=args.batch_size, device=args.device,
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {out} (mu [{stats.mu.size}], sigma [{stats.mu.size}, {stats.mu.size}] of "
               f"{stats.count} images, --resize {args.resize})")
         return 0
-    from ..evaluation.fid_metrics import fid
+    from ..evaluation.fid_score import fid
 
     result = fid(args.a, args.b, weights=args.weights, dims=args.dims, resize=args.resize,
                  batch_size=args.batch_size, device=args.device, kid=args.kid, pr=args.pr,

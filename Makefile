@@ -12,6 +12,10 @@ $(STAMP): pyproject.toml Makefile
 	# The CPU wheel of torch on these machines; a looser pin pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	# torch-fidelity: the FID Inception reference in tests/test_fid.py (test-only). --no-deps, as its
+	# requirements name torchvision, which has no build beside this CPU torch; the tests load only its
+	# torchvision-free feature_extractor_inceptionv3 module.
+	$(PY) -m pip install -q --no-deps torch-fidelity==0.4.0
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -8,9 +8,10 @@ import json
 import time
 from typing import Any
 
+from . import UsageError
 from ._common import add_sampling_args, check_out_file, load_pipeline, positive_int, sampling_options
 
-HELP = "measure a model: fd (vs its floor), class accuracy, bits/dim"
+HELP = "measure a model: fd (vs its floor), class accuracy, bits/dim, fid (vs --reference)"
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -31,9 +32,37 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--fd-repeats", type=positive_int, default=5, help="real reference draws to average (default 5)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_fid_args(p)
     add_sampling_args(p, num=1000)
     p.set_defaults(func=run)
     return p
+
+
+def _add_fid_args(p: argparse.ArgumentParser) -> None:
+    """--metric fid: the standard Inception-v3 FID of --num samples against --reference (see `ddpm fid`)."""
+    from .fid import DIMS, RESIZE_MODES
+
+    g = p.add_argument_group("fid (the standard Inception-v3 FID; see `ddpm fid --help`)")
+    g.add_argument("--reference", help="real images for --metric fid: a folder or an .npz of mu/sigma")
+    g.add_argument("--weights", help="the Inception weights file (default: $DDPM_INCEPTION_WEIGHTS)")
+    g.add_argument("--dims", type=int, choices=DIMS, default=2048,
+                   help="Inception feature size (default 2048)")  # fmt: skip
+    g.add_argument("--resize", choices=RESIZE_MODES, default="tf", help="tf (default) or pytorch-fid")
+
+
+def _fid_options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.reference is None and "fid" in str(args.metric).split(","):
+        raise UsageError("--metric fid needs --reference DIR_OR_NPZ: the real images to compare with")
+    if args.reference is not None:  # checked before any sampling, not after it
+        from pathlib import Path
+
+        from ..evaluation.inception import weights_path
+
+        if not Path(args.reference).exists():
+            raise FileNotFoundError(f"--reference {args.reference}: no such folder or .npz file")
+        weights_path(args.weights)
+    return dict(fid_reference=args.reference, fid_weights=args.weights, fid_dims=args.dims,
+                fid_resize=args.resize)  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     options = EvalOptions(
         num=args.num, seed=args.seed, sampling=sampling_options(args).replace(seed=None),
         batch_size=args.batch_size, bpd_num=args.bpd_num, fd_repeats=args.fd_repeats, progress=not args.quiet,
+        **_fid_options(args),
     )  # fmt: skip
     pipe = load_pipeline(args.model)
     ctx = EvalContext(pipe, options)

@@ -30,7 +30,9 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-__all__ = ["IMAGE_EXTENSIONS", "BadImageError", "open_image", "to_unit", "read_image", "is_grey_mode"]
+__all__ = [
+    "IMAGE_EXTENSIONS", "BadImageError", "open_image", "to_unit", "read_image", "read_rgb8", "is_grey_mode",
+]  # fmt: skip
 
 IMAGE_EXTENSIONS = (
     ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm",
@@ -200,3 +202,19 @@ def read_image(
         raise
     except Exception as e:  # noqa: BLE001  (decoders and EXIF parsing raise many types on damaged files)
         raise BadImageError("corrupt", f"{path}: {type(e).__name__}: {e}") from e
+
+
+def read_rgb8(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> Tensor:
+    """Decode a file to uint8 RGB `[3, H, W]` exactly as the FID tools do (pytorch-fid, torch-fidelity):
+    PIL's `convert("RGB")`, so no EXIF rotation, alpha dropped rather than composited, grey repeated.
+
+    FID values are compared across papers, so its images are read the way the reference code reads them,
+    not with `to_unit`'s rules; the safety checks of `open_image` still apply. Raises BadImageError.
+    """
+    im = open_image(path, max_pixels=max_pixels)
+    try:
+        with im:
+            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except Exception as e:  # noqa: BLE001  (decoders raise many types on damaged files)
+        raise BadImageError("corrupt", f"{path}: {type(e).__name__}: {e}") from e
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))

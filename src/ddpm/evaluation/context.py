@@ -30,6 +30,10 @@ class EvalOptions:
     fd_repeats: int = 5
     fd_split: str = "train"
     progress: bool = False
+    fid_reference: str | None = None  # the `fid` metric: a folder of real images or an .npz of mu / sigma
+    fid_weights: str | None = None  # the Inception weights file (None: $DDPM_INCEPTION_WEIGHTS)
+    fid_dims: int = 2048
+    fid_resize: str = "tf"
 
     def __post_init__(self) -> None:
         for name in ("num", "batch_size", "bpd_num", "fd_repeats"):
@@ -112,11 +116,19 @@ class EvalContext:
                     f"sample metrics for {self.conditioning}-conditional models need prompts; "
                     "use a metric made for them (e.g. --metric alignment) or a class/unconditional model"
                 )
-            images, _ = self.pipe.generate(
-                o.num, class_labels=labels, options=o.sampling_for(self.pipe, o.seed),
-                batch_size=o.batch_size, progress=o.progress,
-            )  # fmt: skip
-            self._samples, self._sample_labels = images.detach().float().cpu(), labels
+            from tqdm.auto import tqdm
+
+            chunks = []  # image i is seeded seed + i, so generating in chunks changes no image
+            with tqdm(total=o.num, unit="img", desc="sampling", disable=not o.progress) as bar:
+                for start in range(0, o.num, o.batch_size):
+                    n = min(o.batch_size, o.num - start)
+                    images, _ = self.pipe.generate(
+                        n, class_labels=None if labels is None else labels[start : start + n],
+                        options=o.sampling_for(self.pipe, o.seed + start), batch_size=o.batch_size,
+                    )  # fmt: skip
+                    chunks.append(images.detach().float().cpu())
+                    bar.update(n)
+            self._samples, self._sample_labels = torch.cat(chunks), labels
         return self._samples, self._sample_labels
 
     # -- real data and the judge -----------------------------------------------------------------

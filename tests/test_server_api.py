@@ -33,17 +33,18 @@ from ddpm.pipelines import SamplingOptions  # noqa: E402
 from ddpm.pipelines.stable_diffusion import StableDiffusion  # noqa: E402
 from ddpm.server.app import create_app  # noqa: E402
 from ddpm.server.jobs import JobQueue  # noqa: E402
-from tiny_sd import SIZE, tiny_sd_folder  # noqa: E402
+from tiny_sd import SIZE, shared_tiny_sd_folder  # noqa: E402
 from tiny_server import running  # noqa: E402
 
 S = dict(width=SIZE, height=SIZE)  # 32 px: latents 16x16 on the tiny model
+Q = dict(width=16, height=16, cfg_scale=1)  # the quickest request (no guidance batch) where pixels don't matter
 USER, PASSWORD = "ann", "s3cret-pass"
 
 
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
     torch.set_num_threads(1)
-    return StableDiffusion.load(tiny_sd_folder(tmp_path_factory.mktemp("tiny") / "sd"), device="cpu")
+    return StableDiffusion.load(shared_tiny_sd_folder(tmp_path_factory), device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -137,11 +138,12 @@ def test_samplers_list_has_a1111_names_and_each_runs(api, served):
     assert {"Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DDIM", "PLMS", "Heun"} <= set(names)
     assert all(set(s) == {"name", "aliases", "options"} for s in listed)
     for name in names:
-        r = api.txt2img(prompt="x", seed=1, steps=2, sampler_name=name, **S)
+        r = api.txt2img(prompt="x", seed=1, steps=2, sampler_name=name, **Q)
         assert r.info["sampler_name"] == name and len(r.images) == 1
-    assert api.get_sd_models()[0]["model_name"] == "sd"
+    name = served["jobs"].engine.name
+    assert api.get_sd_models()[0]["model_name"] == name
     options = api.get_options()
-    assert options["sd_model_checkpoint"].startswith("sd")
+    assert options["sd_model_checkpoint"].startswith(name)
     api.set_options({"sd_model_checkpoint": options["sd_model_checkpoint"]})
     status, _, body = _raw(served, "POST", "/sdapi/v1/options", {"sd_model_checkpoint": "/etc/other.ckpt"})
     assert status == 422 and b"command line" in body  # no model loads from a request
@@ -179,7 +181,7 @@ def test_progress_moves_during_a_job_and_interrupt_stops_only_it(api, served):
 def test_eight_concurrent_clients_all_complete_in_order(served):
     def one(seed):
         client = webuiapi.WebUIApi(host="127.0.0.1", port=served["port"], sampler="Euler a", steps=2)
-        return client.txt2img(prompt=f"p{seed}", seed=seed, **S)
+        return client.txt2img(prompt=f"p{seed}", seed=seed, **Q)
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(one, range(1000, 1008)))
@@ -187,7 +189,7 @@ def test_eight_concurrent_clients_all_complete_in_order(served):
     assert [r.info["prompt"] for r in results] == [f"p{s}" for s in range(1000, 1008)]
     assert all(len(r.images) == 1 for r in results)
     # our own job API: 8 submitted at once run first-in first-out, each with its own seed
-    ids = [json.loads(_raw(served, "POST", "/api/jobs", dict(prompt="q", seed=s, steps=2, **S))[2])["id"]
+    ids = [json.loads(_raw(served, "POST", "/api/jobs", dict(prompt="q", seed=s, steps=2, **Q))[2])["id"]
            for s in range(8)]
     jobs = served["jobs"]
     for job_id in ids:
@@ -200,7 +202,7 @@ def test_eight_concurrent_clients_all_complete_in_order(served):
 
 
 def test_cancel_hits_only_the_job_named(served):
-    body = dict(prompt="c", steps=20, seed=5, **S)
+    body = dict(prompt="c", steps=8, seed=5, **Q)
     a, b, c = (json.loads(_raw(served, "POST", "/api/jobs", body)[2])["id"] for _ in range(3))
     status, _, answer = _raw(served, "DELETE", f"/api/jobs/{b}")
     assert status == 200 and json.loads(answer)["state"] == "cancelled"
@@ -244,7 +246,8 @@ TRAVERSALS = [
     "/api/outputs/../../../../etc/passwd", "/api/outputs/..%2f..%2f..%2fetc%2fpasswd",
     "/api/outputs/%2e%2e%2f%2e%2e%2fetc%2fpasswd", "/api/outputs/%2e%2e/%2e%2e/etc/passwd",
     "/api/outputs/..%5c..%5cetc%5cpasswd", "/api/outputs/..\\..\\etc\\passwd", "/api/outputs/%2fetc%2fpasswd",
-    "/api/outputs//etc/passwd", "/api/outputs/%5c%5cserver%5cshare%5cx.png", "/api/outputs/C:%5cwindows%5cwin.ini",
+    "/api/outputs//etc/passwd", "/api/outputs/%5c%5cserver%5cshare%5cx.png",
+    "/api/outputs/C:%5cwindows%5cwin.ini",
     "/api/outputs/x%00.png", "/api/outputs/%00", "/file=../../etc/passwd", "/file=/etc/passwd",
     "/static/../__init__.py", "/static/..%2f__init__.py", "/static/%2e%2e%2fapp.py", "/static/app.js%00.py",
     "/api/outputs/" + "0" * 32 + ".png",
@@ -285,7 +288,8 @@ def test_cross_origin_requests_cannot_queue_work(served):
             assert "access-control-allow-origin" not in hdrs
     assert len(jobs._jobs) == before  # nothing was queued
     own = f"http://127.0.0.1:{served['port']}"
-    status, hdrs, _ = _raw(served, "POST", "/api/jobs", body, {"Origin": own, "Sec-Fetch-Site": "same-origin"})
+    same = {"Origin": own, "Sec-Fetch-Site": "same-origin"}
+    status, hdrs, _ = _raw(served, "POST", "/api/jobs", body, same)
     assert status == 202 and "access-control-allow-origin" not in hdrs
     status, hdrs, _ = _raw(served, "GET", "/sdapi/v1/progress", headers={"Origin": "http://evil.example"})
     assert status == 200 and "access-control-allow-origin" not in hdrs  # readable by no foreign page

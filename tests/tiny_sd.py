@@ -136,3 +136,11 @@ def tiny_sd_folder(root: Path) -> Path:
     torch.manual_seed(0)
     unet, vae, text = components()
     return save_folder(root, unet, vae, text, "StableDiffusionPipeline")
+
+
+def shared_tiny_sd_folder(tmp_path_factory) -> Path:
+    """One tiny SD folder per test session (built on first use), for the modules that only read it."""
+    root = tmp_path_factory.getbasetemp() / "shared-tiny-sd"
+    if not (root / "model_index.json").is_file():
+        tiny_sd_folder(root)
+    return root

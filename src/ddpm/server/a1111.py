@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageChops
 
 __all__ = [
     "SAMPLERS", "SCHEDULERS", "Limits", "GenerationRequest", "RequestError", "parse_request", "decode_image",
@@ -228,8 +228,9 @@ def parse_request(body: Any, mode: str, limits: Limits, *, default_size: int = 5
         raise RequestError(f"denoising_strength={req.strength} leaves no step of {steps}; raise either")
     if body.get("mask"):
         mask = decode_image(body["mask"], "mask", limits)
-        if mask.mode in ("RGBA", "LA"):  # a drawn mask: painted where opaque
-            mask = mask.getchannel("A")
+        if mask.mode in ("RGBA", "LA", "PA", "P"):  # white = repaint; transparent counts as black
+            mask = mask.convert("RGBA")
+            mask = ImageChops.multiply(mask.convert("L"), mask.getchannel("A"))
         mask = mask.convert("L")
         if body.get("inpainting_mask_invert") in (1, True):
             mask = mask.point(lambda v: 255 - v)

@@ -37,7 +37,7 @@ from tiny_sd import SIZE, shared_tiny_sd_folder  # noqa: E402
 from tiny_server import running  # noqa: E402
 
 S = dict(width=SIZE, height=SIZE)  # 32 px: latents 16x16 on the tiny model
-Q = dict(width=16, height=16, cfg_scale=1)  # the quickest request (no guidance batch) where pixels don't matter
+Q = dict(width=16, height=16, cfg_scale=1)  # quickest (no guidance batch), where pixels don't matter
 USER, PASSWORD = "ann", "s3cret-pass"
 
 

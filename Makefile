@@ -12,6 +12,11 @@ $(STAMP): pyproject.toml Makefile
 	# The CPU wheel of torch on these machines; a looser pin pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	# Debian's chromium for the browser tests of `ddpm serve` (playwright drives it; no browser download).
+	# Where apt is missing or fails, those tests skip and say why.
+	-command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get update -q && apt-get install -y -q --no-install-recommends chromium; } >/dev/null 2>&1; } || \
+	  echo "note: chromium not installed; tests/test_server_browser.py will skip"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -386,3 +386,45 @@ def test_close_cancels_the_running_and_queued_jobs(pipe, tmp_path):
     assert running_job.state == "cancelled" and running_job.step < 150
     assert queued.state == "cancelled" and not jobs._worker.is_alive()
     assert not list(Path(tmp_path / "o").iterdir())
+
+
+@pytest.mark.slow  # a process start (~10 s here); test_close_cancels_the_running_and_queued_jobs covers the queue
+def test_sigterm_cancels_the_running_job_and_exits_cleanly(tmp_path_factory, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from tiny_server import free_port
+
+    port, out = free_port(), tmp_path / "outputs"
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "ddpm.cli", "serve", "--model",
+                             str(shared_tiny_sd_folder(tmp_path_factory)), "--port", str(port), "--outputs",
+                             str(out)], env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        served = dict(port=port)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if _raw(served, "GET", "/sdapi/v1/progress")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        answers = {}
+        body = dict(prompt="long", steps=150, n_iter=4, **Q)
+        post = lambda: answers.update(r=_raw(served, "POST", "/sdapi/v1/txt2img", body))  # noqa: E731
+        worker = threading.Thread(target=post)
+        worker.start()
+        progress = lambda: json.loads(_raw(served, "GET", "/sdapi/v1/progress")[2])["progress"]  # noqa: E731
+        while time.time() < deadline and progress() == 0:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a clean stop
+        worker.join(10)
+        status, _, answer = answers["r"]
+        assert status == 200 and json.loads(json.loads(answer)["info"])["interrupted"] is True
+        assert "stopping: the queue and the running job are cancelled" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -74,7 +74,19 @@ def run(args: argparse.Namespace) -> int:
                      cors_origins=tuple(args.cors_allow_origin), loopback_only=args.host in LOOPBACK)
     print(f"serving {args.model} on http://{args.host}:{args.port}/ (outputs in {args.outputs})",
           file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")  # Ctrl-C/SIGTERM: clean stop
+    jobs = app.app.state.jobs  # type: ignore[attr-defined]
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # Ctrl-C / SIGTERM: cancel the queue and the running job at its next step, so the requests
+            # waiting on them answer and uvicorn's graceful stop does not wait for the whole queue
+            if not self.should_exit:
+                print("stopping: the queue and the running job are cancelled", file=sys.stderr)
+            jobs.close(timeout=0)
+            super().handle_exit(sig, frame)
+
+    # after a clean stop uvicorn re-raises the signal, so the exit status is the shell's 130 / 143
+    Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")).run()
     return 0
 
 

@@ -199,10 +199,12 @@ class JobQueue:
         for job in pending:
             job.error = "cancelled: the server stopped"
             job._finish("cancelled")
-        if self.current is not None:
-            self.current.cancel.set()
+        current = self.current
+        if current is not None:
+            current.cancel.set()
         self._queue.put(None)
-        self._worker.join(timeout)
+        if timeout > 0:
+            self._worker.join(timeout)
 
     # ---------------------------------------------------------------------------------- the worker side
     def _work(self) -> None:

@@ -388,7 +388,7 @@ def test_close_cancels_the_running_and_queued_jobs(pipe, tmp_path):
     assert not list(Path(tmp_path / "o").iterdir())
 
 
-@pytest.mark.slow  # a process start (~10 s here); test_close_cancels_the_running_and_queued_jobs covers the queue
+@pytest.mark.slow  # starts a process (~10 s); test_close_cancels_the_running_and_queued_jobs: the queue
 def test_sigterm_cancels_the_running_job_and_exits_cleanly(tmp_path_factory, tmp_path):
     import signal
     import subprocess

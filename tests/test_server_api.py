@@ -428,3 +428,24 @@ def test_sigterm_cancels_the_running_job_and_exits_cleanly(tmp_path_factory, tmp
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_pixel_model_serves_txt2img_at_its_own_size(tmp_path):
+    from ddpm.pipelines import PixelPipeline
+    from test_pipeline_pixel import _model_file
+
+    pixel = PixelPipeline.load(_model_file(tmp_path), device="cpu")
+    app = create_app(pixel, outputs=tmp_path / "out", name="digits")
+    with running(app) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        client = webuiapi.WebUIApi(host="127.0.0.1", port=port, sampler="Euler a", steps=3)
+        r = client.txt2img(prompt="", seed=3, batch_size=2, cfg_scale=7)  # guidance is off for this model
+        assert [im.size for im in r.images] == [(8, 8)] * 2 and r.info["all_seeds"] == [3, 4]
+        o = SamplingOptions(sampler="euler_a", steps=3, seed=3)
+        images, _ = pixel.generate(2, options=o, batch_size=2)
+        want = to_uint8(images.expand(-1, 3, -1, -1)).numpy()
+        for got, w in zip(_pixels(r.images), want):
+            np.testing.assert_array_equal(got, w)
+        status, _, body = _raw(dict(port=port), "POST", "/sdapi/v1/img2img",
+                               dict(init_images=[webuiapi.raw_b64_img(r.images[0])]))  # fmt: skip
+        assert status == 422 and b"txt2img" in body

@@ -181,7 +181,8 @@ def _sampler(body: dict[str, Any]) -> tuple[str, bool, str]:
     scheduler = body.get("scheduler")
     if scheduler is not None:
         if not isinstance(scheduler, str) or scheduler.lower() not in SCHEDULERS:
-            raise RequestError(f"unknown scheduler {scheduler!r}; choose one of {list(SCHEDULERS)[::2]}")
+            names = [k for k in SCHEDULERS if k]
+            raise RequestError(f"unknown scheduler {scheduler!r}; choose one of {names}")
         chosen = SCHEDULERS[scheduler.lower()]
         karras = karras if chosen is None else chosen
     if karras and sampler not in KARRAS_CAPABLE:

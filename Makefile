@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml Makefile
 	# requirements name torchvision, which has no build beside this CPU torch; the tests load only its
 	# torchvision-free feature_extractor_inceptionv3 module.
 	$(PY) -m pip install -q --no-deps torch-fidelity==0.4.0
+	# Debian's chromium for the browser tests of `ddpm serve` (playwright drives it; no browser download).
+	# Where apt is missing or fails, those tests skip and say why.
+	-command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get update -q && apt-get install -y -q --no-install-recommends chromium; } >/dev/null 2>&1; } || \
+	  echo "note: chromium not installed; tests/test_server_browser.py will skip"
 	touch $(STAMP)
 
 demo: $(STAMP)

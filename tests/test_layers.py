@@ -31,7 +31,8 @@ LAYERS: list[tuple[str, ...]] = [
 ]
 RANK = {room: len(LAYERS) - i for i, rooms in enumerate(LAYERS) for room in rooms}
 # Same-layer rooms that may import one another (still one way: the table says who imports whom).
-SIDEWAYS = {("sampling", "guidance"), ("sampling", "degradations")}
+# `ddpm serve` (cli) starts the server.
+SIDEWAYS = {("sampling", "guidance"), ("sampling", "degradations"), ("cli", "server")}
 
 
 ROOMS = {p.name for p in SRC.iterdir() if (p / "__init__.py").is_file()}

@@ -296,3 +296,38 @@ def test_bad_model_or_noise():
         ddpm.sample(lambda x, t: (x,), torch.randn(SHAPE), schedule=SCHEDULE)
     with pytest.raises(ValueError, match="model must be callable"):
         ddpm.sample(None, torch.randn(SHAPE), schedule=SCHEDULE)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("sampler", list(GAUSSIAN_SAMPLERS))
+def test_callback_reports_each_step_without_changing_the_result(sampler):
+    """`callback(step, steps, x0_hat)` once per sampler step (img2img: only the steps run), the same
+    result bit for bit as without it; an exception it raises stops the run (the server's cancel)."""
+    noise = torch.randn(SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    kw = dict(schedule=SCHEDULE, sampler=sampler, steps=6, generator=generators(range(8)))
+    plain = ddpm.sample(model, noise, **kw)
+    seen = []
+    kw["generator"] = generators(range(8))  # the same draws again
+    watched = ddpm.sample(model, noise, **kw, callback=lambda s, n, x0: seen.append((s, n, x0.clone())))
+    torch.testing.assert_close(watched, plain, rtol=0, atol=0)
+    assert [(s, n) for s, n, _ in seen] == [(s, 6) for s in range(1, 7)]
+    assert all(x0.shape == SHAPE for _, _, x0 in seen)
+    if sampler not in ("ddpm", "euler_a"):  # deterministic: the last x0_hat is where the run ends up
+        assert (seen[-1][2] - plain).abs().max() < (seen[0][2] - plain).abs().max()
+    init = torch.zeros(SHAPE, dtype=torch.float64)
+    steps_run = []
+    ddpm.sample(model, noise, **{**kw, "generator": generators(range(8))}, init=init, strength=0.5,
+                callback=lambda s, n, x0: steps_run.append((s, n)))  # fmt: skip
+    assert steps_run == [(1, 3), (2, 3), (3, 3)]
+
+    def stop(s, n, x0):
+        if s == 2:
+            raise _Stop
+
+    rec = Recorder()
+    with pytest.raises(_Stop):
+        ddpm.sample(rec, noise, **{**kw, "generator": generators(range(8))}, callback=stop)
+    assert len(rec.calls) <= 4  # stopped after step 2 (heun and plms evaluate twice in a step)

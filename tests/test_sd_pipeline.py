@@ -12,9 +12,7 @@ images differ from ours by ~0.13 there). Ours runs PLMS from the entry point as 
 from __future__ import annotations
 
 import copy
-import gzip
 import json
-import math
 import struct
 import warnings
 import zlib
@@ -24,29 +22,19 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 from ddpm.io.images import read_png_metadata, save_png
 from ddpm.io.sd import load_stable_diffusion, save_single_file
 from ddpm.pipelines import SamplingOptions
 from ddpm.pipelines.stable_diffusion import StableDiffusion, generation_kwargs
+from tiny_sd import SD1, SIZE, components, save_folder
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 diffusers.utils.logging.set_verbosity_error()
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 
-BPE = Path(__file__).resolve().parents[1] / "src" / "ddpm" / "assets" / "bpe_simple_vocab_16e6.txt.gz"
-CONTEXT = 64
-SIZE = 32  # pixels; latents 16x16 (the tiny VAE downsamples by 2)
 TOL = 1e-3
-SD1 = dict(
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    steps_offset=1,
-    timestep_spacing="leading",
-)
 SCHEDULERS = {  # our (sampler, karras) -> diffusers scheduler with SD 1.x's settings
     ("ddim", False): lambda: diffusers.DDIMScheduler(clip_sample=False, set_alpha_to_one=False, **SD1),
     ("plms", False): lambda: diffusers.PNDMScheduler(skip_prk_steps=True, set_alpha_to_one=False, **SD1),
@@ -57,110 +45,12 @@ SCHEDULERS = {  # our (sampler, karras) -> diffusers scheduler with SD 1.x's set
 PROMPT, NEGATIVE = "a watercolour fox in the snow", "blurry, low quality"
 
 
-def randomize(model: nn.Module, seed: int) -> nn.Module:
-    """Random values in every parameter (as tests/test_sd_loading.py does: zero-init layers hide bugs)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
-            elif name.endswith("weight"):
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-    return model.eval()
-
-
-def _write_tokenizer(folder: Path) -> None:
-    """vocab.json + merges.txt from the packaged BPE by CLIP's recipe."""
-    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    symbols = [chr(b) for b in printable] + [chr(256 + n) for n in range(256 - len(printable))]
-    lines = gzip.open(BPE, "rt", encoding="utf-8").read().split("\n")[1 : 49152 - 256 - 2 + 1]
-    tokens = symbols + [s + "</w>" for s in symbols] + [line.replace(" ", "") for line in lines]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    folder.mkdir(parents=True)
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(lines) + "\n", encoding="utf-8")
-    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77}), encoding="utf-8")
-
-
-def _components(in_channels: int = 4):
-    unet = randomize(
-        diffusers.UNet2DConditionModel(
-            sample_size=16,
-            in_channels=in_channels,
-            out_channels=4,
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            cross_attention_dim=CONTEXT,
-            attention_head_dim=8,
-            norm_num_groups=32,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        ),
-        seed=1,
-    )
-    vae = randomize(
-        diffusers.AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=32,
-            down_block_types=("DownEncoderBlock2D",) * 2,
-            up_block_types=("UpDecoderBlock2D",) * 2,
-            sample_size=SIZE,
-        ),
-        seed=2,
-    )
-    text = randomize(
-        transformers.CLIPTextModel(
-            transformers.CLIPTextConfig(
-                vocab_size=49408,
-                hidden_size=CONTEXT,
-                intermediate_size=96,
-                num_hidden_layers=2,
-                num_attention_heads=1,
-                max_position_embeddings=77,
-                hidden_act="quick_gelu",
-                bos_token_id=49406,
-                eos_token_id=2,
-                pad_token_id=1,
-            )
-        ),
-        seed=3,
-    )
-    return unet, vae, text
-
-
-def _save_folder(root: Path, unet, vae, text, pipeline: str) -> Path:
-    unet.save_pretrained(root / "unet")
-    vae.save_pretrained(root / "vae")
-    text.save_pretrained(root / "text_encoder")
-    _write_tokenizer(root / "tokenizer")
-    SCHEDULERS[("plms", False)]().save_pretrained(root / "scheduler")
-    (root / "model_index.json").write_text(
-        json.dumps(
-            {
-                "_class_name": pipeline,
-                "unet": ["diffusers", "UNet2DConditionModel"],
-                "vae": ["diffusers", "AutoencoderKL"],
-                "text_encoder": ["transformers", "CLIPTextModel"],
-                "tokenizer": ["transformers", "CLIPTokenizer"],
-                "scheduler": ["diffusers", "PNDMScheduler"],
-            }
-        )
-    )
-    return root
-
-
 @pytest.fixture(scope="module")
 def ref(tmp_path_factory):
     """The diffusers components, their folder, and an SD single file written from our load of it."""
     torch.manual_seed(0)
-    unet, vae, text = _components()
-    root = _save_folder(tmp_path_factory.mktemp("sd"), unet, vae, text, "StableDiffusionPipeline")
+    unet, vae, text = components()
+    root = save_folder(tmp_path_factory.mktemp("sd"), unet, vae, text, "StableDiffusionPipeline")
     single = save_single_file(load_stable_diffusion(root), root.parent / "tiny-sd.safetensors")
     tokenizer = transformers.CLIPTokenizer.from_pretrained(root / "tokenizer")
     return dict(unet=unet, vae=vae, text=text, tokenizer=tokenizer, root=root, single=single)
@@ -340,8 +230,8 @@ def test_inpainting_checkpoint_matches_diffusers(tmp_path):
     diffusers draws the shared init and masked-image latents from the first generator only, while ours
     draws them per image (so each image is the same at any batch position)."""
     torch.manual_seed(0)
-    unet, vae, text = _components(in_channels=9)
-    root = _save_folder(tmp_path / "inpaint", unet, vae, text, "StableDiffusionInpaintPipeline")
+    unet, vae, text = components(in_channels=9)
+    root = save_folder(tmp_path / "inpaint", unet, vae, text, "StableDiffusionInpaintPipeline")
     pipe = StableDiffusion.load(root, device="cpu")
     assert pipe.inpainting_model
     tokenizer = transformers.CLIPTokenizer.from_pretrained(root / "tokenizer")

@@ -18,8 +18,9 @@ __version__ = "0.1.0"
 
 # The public rooms, from the top of ARCHITECTURE.md's layer picture down.
 SUBPACKAGES = (
-    "cli", "pipelines", "training", "evaluation", "io", "conditioning", "models", "nn", "text", "sampling",
-    "objectives", "guidance", "degradations", "process", "schedules", "noise", "data", "config", "configs",
+    "cli", "server", "pipelines", "training", "evaluation", "io", "conditioning", "models", "nn", "text",
+    "sampling", "objectives", "guidance", "degradations", "process", "schedules", "noise", "data", "config",
+    "configs",
 )  # fmt: skip
 __all__ = ["sample", *SUBPACKAGES, "__version__"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -31,6 +31,9 @@ from ..models.unet import UNet, UNetConfig
 from ..schedules import DiscreteSchedule, from_config
 from .cold import check_sampler, cold_parts, cold_steps, generate_batch, restore_batch
 from .options import SamplingOptions, image_metadata, resolve_device
+
+if TYPE_CHECKING:
+    from ..sampling.api import StepCallback
 
 __all__ = ["PixelPipeline", "load_part"]
 
@@ -243,6 +246,7 @@ class PixelPipeline:
         batch_size: int = 64,
         progress: bool = False,
         trajectory: list[Tensor] | None = None,
+        callback: StepCallback | None = None,
     ) -> tuple[Tensor, list[dict[str, Any]]]:
         """`num` images `[N, C, H, W]` in [-1, 1] (CPU, float32) and one metadata dict per image.
 
@@ -250,7 +254,8 @@ class PixelPipeline:
         `class_labels` (class models): one label (index or name) for all, one per image, or None (classes
         in equal contiguous blocks). Image i uses `torch.Generator().manual_seed(seed + i)`. A cold-diffusion
         model starts from its channel-means prior (`pipelines/cold.py`). `trajectory`: a list that receives
-        the states x_T … x_0 of all `num` images, `[N, C, H, W]` each (see `ddpm.sample`).
+        the states x_T … x_0 of all `num` images, `[N, C, H, W]` each (see `ddpm.sample`); `callback(step,
+        steps, x0_hat)` after each sampler step of each batch (raising from it stops the call).
         """
         from .. import sample
 
@@ -274,7 +279,7 @@ class PixelPipeline:
             path: list[Tensor] | None = [] if trajectory is not None else None
             common = dict(sampler=o.sampler, steps=o.steps, spacing=o.spacing,
                           guidance_scale=o.guidance_scale, cond=cond, uncond=uncond, clip_x0=clip_x0,
-                          progress=progress, trajectory=path)  # fmt: skip
+                          progress=progress, trajectory=path, callback=callback)  # fmt: skip
             if self.cold is not None:
                 if o.karras or o.eta:
                     raise ValueError("karras and eta apply to Gaussian samplers; cold sampling has neither")

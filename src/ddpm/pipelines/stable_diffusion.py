@@ -35,6 +35,7 @@ from torch import Tensor
 
 from ..config.choices import SD_DEFAULTS
 from ..io.sd import StableDiffusionModels, load_stable_diffusion
+from ..sampling.api import StepCallback
 from .options import SEED_LIMIT, SamplingOptions, image_metadata, resolve_device
 from .prompts import CHUNK_TOKENS, encode_prompts
 from .sd_images import ImageInput, check_size, image_size, image_tensor, mask_tensor, round_size
@@ -61,6 +62,7 @@ class _Call(NamedTuple):
     num_images: int
     batch_size: int | None
     progress: bool
+    callback: StepCallback | None = None
 
 
 class SDResult(NamedTuple):
@@ -174,14 +176,16 @@ class StableDiffusion:
         num_images: int = 1,
         batch_size: int | None = None,
         progress: bool = False,
+        callback: StepCallback | None = None,
     ) -> SDResult:
         """Images for `prompt` from noise: `latents` `[N, 4, H/8, W/8]` (standard normal) or the seed's;
-        `height`/`width` default to `default_size`."""
+        `height`/`width` default to `default_size`; `callback(step, steps, x0_hat)` after each sampler step
+        of each batch (`ddpm.sample`; x0_hat are latents), raising from it stops the call."""
         side = self.default_size
         size = check_size(side if height is None else height, side if width is None else width,
                           self.size_multiple)
         call = _Call("txt2img", prompt, negative_prompt, None, None, 1.0, latents, num_images, batch_size,
-                     progress)
+                     progress, callback)
         return self._generate(call, self.resolve(options), size)
 
     def img2img(
@@ -198,13 +202,14 @@ class StableDiffusion:
         num_images: int = 1,
         batch_size: int | None = None,
         progress: bool = False,
+        callback: StepCallback | None = None,
     ) -> SDResult:
         """`image` re-drawn for `prompt` (SDEdit, Meng et al. 2022): its latents noised to the level
         int(steps * strength) steps before the end, then sampled; `latents` is that noise if given."""
         size = self._size_for(image, height, width)
         pixels = image_tensor(image, *size)
         call = _Call("img2img", prompt, negative_prompt, pixels, None, strength, latents, num_images,
-                     batch_size, progress)
+                     batch_size, progress, callback)
         return self._generate(call, self.resolve(options), size)
 
     def inpaint(
@@ -222,13 +227,14 @@ class StableDiffusion:
         num_images: int = 1,
         batch_size: int | None = None,
         progress: bool = False,
+        callback: StepCallback | None = None,
     ) -> SDResult:
         """`image` with the white part of `mask` repainted for `prompt` (9-channel inpainting UNet, or latent
         blending for ordinary checkpoints); `strength` < 1 starts from the image's own latents there."""
         size = self._size_for(image, height, width)
         pixels, m = image_tensor(image, *size), mask_tensor(mask, *size)
         call = _Call("inpaint", prompt, negative_prompt, pixels, m, strength, latents, num_images, batch_size,
-                     progress)
+                     progress, callback)
         return self._generate(call, self.resolve(options), size)
 
     def resolve(self, options: SamplingOptions | None) -> SamplingOptions:
@@ -398,7 +404,8 @@ class StableDiffusion:
             steps_offset=self.scheduler.steps_offset, final_sigma=final_sigma,
             prediction=self.scheduler.prediction, eta=float(o.eta), karras=o.karras,
             guidance_scale=float(o.guidance_scale or 0), cond=c, uncond=u, generator=gens,
-            progress=call.progress, init=start, strength=strength if start is not None else 1.0,
+            progress=call.progress, callback=call.callback, init=start,
+            strength=strength if start is not None else 1.0,
         )  # fmt: skip
         if mode == "inpaint" and not self.inpainting_model:
             assert init is not None

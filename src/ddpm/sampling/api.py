@@ -23,7 +23,7 @@ from .euler import euler, euler_a, heun
 from .grid import GRIDS, Grid
 from .plms import plms
 
-__all__ = ["sample", "SAMPLERS", "COLD_SAMPLERS", "GAUSSIAN_SAMPLERS", "sampler_grid"]
+__all__ = ["sample", "StepCallback", "SAMPLERS", "COLD_SAMPLERS", "GAUSSIAN_SAMPLERS", "sampler_grid"]
 
 
 class _Family(NamedTuple):
@@ -127,6 +127,7 @@ def sample(
     degradation: Any = None,
     start_level: int | None = None,
     trajectory: list[Tensor] | None = None,
+    callback: StepCallback | None = None,
 ) -> Tensor:
     """Draw x0 `[B, C, …]` from `model(x_t, t, **cond)`, starting at the standard-normal x_T = `noise`.
 
@@ -147,6 +148,12 @@ def sample(
 
     trajectory: a list that receives every state x_s the model is evaluated at (VP samples for the Gaussian
     samplers; heun and plms evaluate some points twice), then the result: the path from x_T to x_0.
+
+    callback: `callback(step, steps, x0_hat)` after each of the run's `steps` sampler steps (step = 1 …
+    steps; img2img counts only the steps it runs), with x0_hat `[B, C, …]` of the step's last model call
+    (data space; SD latents for SD). It reads, never changes the run (same result with or without it);
+    an exception it raises stops the run and propagates (a server cancels a job this way). It replaces
+    the tqdm bar of `progress`.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
@@ -168,7 +175,7 @@ def sample(
                          init=init, strength=strength)  # fmt: skip
         x = _sample_cold(model_fn, noise.to(work), sampler=sampler, degradation=degradation, steps=steps,
                          spacing=spacing, start_level=start_level, clip_x0=clip_x0, model_dtype=noise.dtype,
-                         progress=progress)  # fmt: skip
+                         progress=progress, callback=callback)  # fmt: skip
         return _finish(x.to(noise.dtype), trajectory)
     if degradation is not None or start_level is not None:
         raise ValueError(
@@ -197,15 +204,42 @@ def sample(
         model_fn, grid, prediction=prediction, clip_x0=clip_x0, like=x, model_dtype=noise.dtype
     )
     options: dict[str, Any] = {"progress": progress}
+    denoise: Callable[[Tensor, int], Any] = denoiser
+    if callback is not None:
+        denoise, options["progress"] = _watched(denoiser, grid.num_steps, callback)
     if family.stochastic or (sampler == "ddim" and eta > 0):
         options["noise"] = noise_source(generator)
     if sampler == "ddim":
         options["eta"] = eta
     if sampler == "ddpm":
         options["variance"] = variance
-    x = SAMPLERS[sampler](denoiser, x, grid, **options)
+    x = SAMPLERS[sampler](denoise, x, grid, **options)
     denoiser.raise_if_not_finite()
     return _finish(x.to(noise.dtype), trajectory)
+
+
+StepCallback = Callable[[int, int, Tensor], None]
+
+
+def _watched(
+    denoise: Callable[[Tensor, int], Any],
+    steps: int,
+    callback: StepCallback,
+    x0_of: Callable[[Any], Tensor] = lambda d: d.x0,
+) -> tuple[Callable[[Tensor, int], Any], Callable[[int], None]]:
+    """`denoise` that remembers its latest reading, and the step hook (`step_range`) that hands
+    `callback` the step count and that reading's x0_hat."""
+    latest: list[Any] = []
+
+    def watched(x: Tensor, i: int) -> Any:
+        out = denoise(x, i)
+        latest[:] = [out]
+        return out
+
+    def hook(step: int) -> None:
+        callback(step, steps, x0_of(latest[0]))
+
+    return watched, hook
 
 
 def _recording(model_fn: Callable[..., Tensor], trajectory: list[Tensor]) -> Callable[..., Tensor]:
@@ -227,6 +261,7 @@ def _finish(x: Tensor, trajectory: list[Tensor] | None) -> Tensor:
 def _sample_cold(
     model_fn: Callable[..., Tensor], x: Tensor, *, sampler: str, degradation: Any, steps: int | None,
     spacing: str, start_level: int | None, clip_x0: str | None, model_dtype: torch.dtype, progress: bool,
+    callback: StepCallback | None = None,
 ) -> Tensor:
     """A cold sampler's run from the degraded x `[B, C, H, W]` (sampling/cold.py)."""
     levels = check_degradation(degradation, like=x)
@@ -234,7 +269,11 @@ def _sample_cold(
         raise ValueError(f"cold_direct restores in one model call; leave steps out (got steps={steps})")
     grid = level_grid(levels, 1 if sampler == "cold_direct" else steps, spacing, start=start_level)
     restore = Restorer(model_fn, grid, clip_x0=clip_x0, like=x, model_dtype=model_dtype)
-    x = SAMPLERS[sampler](restore, x, grid, degradation=degradation, progress=progress)
+    step: Any = restore
+    hook: Any = progress
+    if callback is not None:
+        step, hook = _watched(restore, grid.num_steps, callback, x0_of=lambda x0: x0)
+    x = SAMPLERS[sampler](step, x, grid, degradation=degradation, progress=hook)
     restore.raise_if_not_finite()
     return x
 

@@ -35,6 +35,7 @@ __all__ = [
     "AlphaBars",
     "dynamic_threshold",
     "step_range",
+    "StepHook",
     "lin",
 ]
 
@@ -190,10 +191,22 @@ Denoise = Callable[[Tensor, int], Denoised]
 NoiseFn = Callable[[Tensor], Tensor]
 
 
-def step_range(n: int, progress: bool) -> Iterable[int]:
-    """range(n), shown as a tqdm bar when `progress` is set."""
+StepHook = Callable[[int], None]
+
+
+def step_range(n: int, progress: bool | StepHook) -> Iterable[int]:
+    """range(n), shown as a tqdm bar when `progress` is True; a callable `progress` is called with the
+    number of finished steps (1 … n) after each step instead (`ddpm.sample`'s `callback`)."""
+    if callable(progress):
+        return _hooked(n, progress)
     if not progress:
         return range(n)
     from tqdm.auto import tqdm
 
     return tqdm(range(n), desc="sampling", unit="step")
+
+
+def _hooked(n: int, hook: StepHook) -> Iterable[int]:
+    for i in range(n):
+        yield i
+        hook(i + 1)

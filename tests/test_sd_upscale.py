@@ -10,10 +10,7 @@ us; the same prompt, seed, steps, noise level and guidance must give the same im
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
-import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,13 +20,13 @@ from PIL import Image
 from ddpm.cli import UsageError
 from ddpm.io.images import read_png_metadata
 from ddpm.pipelines import SamplingOptions, StableDiffusionUpscale
+from tiny_sd import randomize, write_tokenizer
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 diffusers.utils.logging.set_verbosity_error()
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 
-BPE = Path(__file__).resolve().parents[1] / "src" / "ddpm" / "assets" / "bpe_simple_vocab_16e6.txt.gz"
 CONTEXT = 64  # one 64-wide head in the text encoder, as OpenCLIP's heads are
 SIDE = 16  # low-res input; the output is 64 x 64
 TOL = 1e-3
@@ -38,42 +35,11 @@ PROMPT, NEGATIVE = "a red fox, detailed fur", "blurry"
 BETAS = dict(beta_schedule="scaled_linear", beta_start=0.0001, beta_end=0.02, num_train_timesteps=1000)
 
 
-def randomize(model, seed: int):
-    """Random values in every parameter (zero-initialised layers would hide mapping bugs)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
-            elif name.endswith("weight"):
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-    return model.eval()
-
-
-def _tokenizer_folder(folder: Path) -> int:
-    """CLIP's vocabulary (vocab.json + merges.txt from the packaged BPE) padding with "!" as SD 2's does."""
-    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    symbols = [chr(b) for b in printable] + [chr(256 + n) for n in range(256 - len(printable))]
-    lines = gzip.open(BPE, "rt", encoding="utf-8").read().split("\n")[1 : 49152 - 256 - 2 + 1]
-    tokens = symbols + [s + "</w>" for s in symbols] + [line.replace(" ", "") for line in lines]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    folder.mkdir(parents=True)
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(lines) + "\n", encoding="utf-8")
-    (folder / "special_tokens_map.json").write_text(json.dumps({
-        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-        "pad_token": "!"}), encoding="utf-8")
-    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77}), encoding="utf-8")
-    return len(tokens)
-
-
 @pytest.fixture(scope="module")
 def ref(tmp_path_factory):
     """The diffusers pipeline and the folder its save_pretrained wrote."""
     root = tmp_path_factory.mktemp("x4")
-    vocab = _tokenizer_folder(root / "tok")
+    vocab = write_tokenizer(root / "tok", pad_token="!")
     unet = randomize(diffusers.UNet2DConditionModel(
         sample_size=SIDE, in_channels=7, out_channels=4, block_out_channels=(32, 32, 64), layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),

@@ -39,8 +39,9 @@ def randomize(model: nn.Module, seed: int) -> nn.Module:
     return model.eval()
 
 
-def write_tokenizer(folder: Path) -> None:
-    """vocab.json + merges.txt from the packaged BPE by CLIP's recipe."""
+def write_tokenizer(folder: Path, pad_token: str | None = None) -> int:
+    """vocab.json + merges.txt from the packaged BPE by CLIP's recipe; `pad_token` (e.g. "!" as SD 2's and
+    the x4 upscaler's tokenizers pad) in special_tokens_map.json. Returns the vocabulary size."""
     printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
     symbols = [chr(b) for b in printable] + [chr(256 + n) for n in range(256 - len(printable))]
     lines = gzip.open(BPE, "rt", encoding="utf-8").read().split("\n")[1 : 49152 - 256 - 2 + 1]
@@ -49,7 +50,12 @@ def write_tokenizer(folder: Path) -> None:
     folder.mkdir(parents=True)
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    if pad_token is not None:
+        special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+                   "pad_token": pad_token}
+        (folder / "special_tokens_map.json").write_text(json.dumps(special), encoding="utf-8")
     (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77}), encoding="utf-8")
+    return len(tokens)
 
 
 def components(in_channels: int = 4):

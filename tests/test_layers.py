@@ -18,7 +18,7 @@ SRC = Path(ddpm.__file__).resolve().parent
 # Top to bottom. A room may import itself and any room of a LOWER layer, nothing else.
 LAYERS: list[tuple[str, ...]] = [
     ("cli", "server"),
-    ("pipelines",),
+    ("pipelines", "editing"),
     ("training", "evaluation"),
     ("data",),
     ("io",),
@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
 ]
 RANK = {room: len(LAYERS) - i for i, rooms in enumerate(LAYERS) for room in rooms}
 # Same-layer rooms that may import one another (still one way: the table says who imports whom).
-SIDEWAYS = {("sampling", "guidance"), ("sampling", "degradations")}
+SIDEWAYS = {("sampling", "guidance"), ("sampling", "degradations"), ("editing", "pipelines")}
 
 
 ROOMS = {p.name for p in SRC.iterdir() if (p / "__init__.py").is_file()}

@@ -161,10 +161,11 @@ def main() -> None:
     elapsed = time.perf_counter() - t_start
     (out / "rows.json").write_text(json.dumps(rows, indent=1))
     table = summarise(rows)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, " \
-        f"{args.threads} thread(s)"  # fmt: skip
+    cpu = platform.processor() or platform.machine()
+    machine = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} thread(s)"
     lines = [f"# editing benchmark: {used} held-out shapes scenes, model {args.model}, {machine}",
-             f"# Imagic: embedding {args.embedding_steps} steps, fine-tuning {args.finetune_steps} steps (full), "
+             f"# Imagic: embedding {args.embedding_steps} steps, fine-tuning {args.finetune_steps} steps "
+             "(full), "
              f"batch {args.batch}; sampler dpmpp_2m 20 steps, guidance 3; wall {elapsed / 60:.1f} min",
              "| method | success | preserved | centre shift px | RMSE outside box | n |",
              "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip

@@ -97,7 +97,8 @@ def main() -> None:
     a, b, c = rows[1][1], rows[2][1], rows[0][1]
     print(
         f"# a 512 px Imagic edit at the published settings: A 500 x {a:.1f} s = {500 * a / 60:.0f} min, "
-        f"B 1000 x {b:.1f} s = {1000 * b / 60:.0f} min, C 50 steps x {c:.1f} s = {50 * c / 60:.1f} min per image"
+        f"B 1000 x {b:.1f} s = {1000 * b / 60:.0f} min, C 50 steps x {c:.1f} s = {50 * c / 60:.1f} min "
+        "per image"
     )
 
 

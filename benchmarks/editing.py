@@ -21,7 +21,10 @@ A trained shapes text model is needed: `--model runs/NAME` (the README's shapes_
 run this benchmark was measured with, see docs/editing.md). The run stops taking new scenes once
 `--budget-min` is spent, and says how many it used.
 
-    .venv/bin/python benchmarks/editing.py --model runs/shapes_edit --scenes 30 --budget-min 20
+    .venv/bin/python benchmarks/editing.py --model runs/shapes_edit --scenes 60 --budget-min 19
+
+It writes table.md, rows.json, editing_curve.png and editing_strip.png into --out (default runs/bench-editing;
+the README's copies are in docs/). Needs matplotlib (the test extras).
 """
 
 from __future__ import annotations
@@ -108,7 +111,7 @@ def main() -> None:
     ap.add_argument("--finetune-steps", type=int, default=40)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default="benchmarks/out/editing")
+    ap.add_argument("--out", default="runs/bench-editing", help="folder for the table, rows, curve, strip")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)

@@ -21,7 +21,7 @@ def test_every_room_of_the_package_is_listed():
     rooms = {p.name for p in src.iterdir() if (p / "__init__.py").is_file()}
     rooms |= {p.stem for p in src.glob("*.py") if p.stem != "__init__"}
     assert rooms == set(ddpm.SUBPACKAGES)
-    assert set(ddpm.__all__) == set(ddpm.SUBPACKAGES) | {"sample", "__version__"}
+    assert set(ddpm.__all__) == set(ddpm.SUBPACKAGES) | {"sample", "invert", "__version__"}
     assert set(ddpm.__all__) <= set(dir(ddpm))
 
 
@@ -34,9 +34,9 @@ def test_each_subpackage_is_an_attribute_in_a_fresh_interpreter():
         "for name in reversed(ddpm.SUBPACKAGES):\n"
         "    assert f'ddpm.{name}' not in sys.modules, name\n"
         "    assert getattr(ddpm, name).__name__ == f'ddpm.{name}'\n"
-        "print(ddpm.sample.__module__)\n"
+        "print(ddpm.sample.__module__, ddpm.invert.__module__)\n"
     )
-    assert _python(code) == "ddpm.sampling.api"
+    assert _python(code) == "ddpm.sampling.api ddpm.sampling.inversion"
 
 
 def test_the_cli_help_does_not_import_torch():

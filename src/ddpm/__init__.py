@@ -1,6 +1,6 @@
 """ddpm: denoising diffusion models in PyTorch, from the DDPM mathematics to Stable-Diffusion-compatible
 text-to-image. See README.md for the tour and ARCHITECTURE.md for the map; `ddpm.sample` is the one
-sampling call.
+sampling call, `ddpm.invert` its DDIM inverse.
 
 Every subpackage is reachable as `ddpm.<name>` and imported on first use, so `import ddpm` (and the CLI's
 start-up, `ddpm --help`) stays cheap.
@@ -18,18 +18,19 @@ __version__ = "0.1.0"
 
 # The public rooms, from the top of ARCHITECTURE.md's layer picture down.
 SUBPACKAGES = (
-    "cli", "server", "pipelines", "training", "evaluation", "io", "conditioning", "models", "nn", "text",
+    "cli", "server", "editing", "pipelines", "training", "evaluation", "io", "conditioning", "models", "nn",
+    "text",
     "sampling", "objectives", "guidance", "degradations", "process", "schedules", "noise", "data", "config",
     "configs",
 )  # fmt: skip
-__all__ = ["sample", *SUBPACKAGES, "__version__"]
+__all__ = ["sample", "invert", *SUBPACKAGES, "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "sample":
-        from .sampling import sample
+    if name in ("sample", "invert"):
+        from . import sampling
 
-        return sample
+        return getattr(sampling, name)
     if name in SUBPACKAGES:
         return import_module(f".{name}", __name__)
     raise AttributeError(f"module 'ddpm' has no attribute {name!r}")

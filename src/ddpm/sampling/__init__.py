@@ -17,6 +17,8 @@ Cold diffusion (Bansal et al. 2022; `cold.py`) restores a degradation (`ddpm.deg
 removing noise: `sampler="cold"` (Algorithm 2), `"cold_naive"` (Algorithm 1), `"cold_direct"` (one-shot
 restoration), each with `degradation=` and a model that returns x0_hat.
 
+`ddpm.invert` (`inversion.py`) runs deterministic DDIM backwards: the x_T from which DDIM regenerates x0.
+
 Spacings keep the meaning diffusers gives them for the scheduler in the same row (see `grid.py`).
 """
 
@@ -25,9 +27,12 @@ from .api import COLD_SAMPLERS, GAUSSIAN_SAMPLERS, SAMPLERS, sample, sampler_gri
 from .cold import LevelGrid, level_grid
 from .denoiser import Denoised, Denoiser, dynamic_threshold
 from .grid import Grid, discrete_grid, dpm_grid, sigma_grid
+from .inversion import Inversion, invert
 
 __all__ = [
     "sample",
+    "invert",
+    "Inversion",
     "SAMPLERS",
     "GAUSSIAN_SAMPLERS",
     "COLD_SAMPLERS",

@@ -3,7 +3,7 @@ pixel model and on a tiny random SD 1.x, its saved state, the baselines and `ddp
 
 The tiny models come from the suites that own them: the 3-step text model of tests/test_txt2img.py
 (`TINY_TEXT`), the unconditional model file of tests/test_pipeline_pixel.py and the random diffusers SD of
-tests/test_sd_pipeline.py (`_components`, `_save_folder`).
+tests/tiny_sd.py (`components`, `save_folder`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from ddpm.pipelines import PixelPipeline, SamplingOptions
 from ddpm.schedules import cosine, linear
 from ddpm.training import train
 from test_pipeline_pixel import _model_file
-from test_sd_pipeline import _components, _save_folder
 from test_txt2img import TINY_TEXT
+from tiny_sd import components, save_folder
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 PROMPT = "a red circle"
@@ -160,8 +160,8 @@ def test_baselines_on_the_pixel_model(text_run, tmp_path):
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory):
     torch.manual_seed(0)
-    unet, vae, text = _components()
-    return _save_folder(tmp_path_factory.mktemp("sd"), unet, vae, text, "StableDiffusionPipeline")
+    unet, vae, text = components()
+    return save_folder(tmp_path_factory.mktemp("sd"), unet, vae, text, "StableDiffusionPipeline")
 
 
 def test_imagic_and_inversion_on_a_tiny_sd(tiny_sd, tmp_path):

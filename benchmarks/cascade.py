@@ -24,7 +24,7 @@ floor (the ground-truth set itself against that reference); the alignment analys
 attributes right, `ddpm.evaluation.alignment`) against each image's caption; consistency, the RMSE between
 downsample(output) and the 16 px input it was made from (for the cascade: the base's sample).
 
-    .venv/bin/python benchmarks/cascade.py              # defaults: 23.9 min on one thread of a busy 2-core box
+    .venv/bin/python benchmarks/cascade.py              # defaults: 23.9 min, one thread of a busy 2-core box
     .venv/bin/python benchmarks/cascade.py --sr-steps 3000 --base-steps 6000 --num 1000 --threads 2
 """
 

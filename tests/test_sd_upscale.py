@@ -142,11 +142,15 @@ def _args(ref, tmp_path, **kw):
     return argparse.Namespace(**{**base, **kw})
 
 
-def test_the_cli_function_writes_the_pipelines_image_with_its_metadata(ref, ours, tmp_path, capsys):
-    from ddpm.cli._sd_upscale import run_sd_upscale
+def test_ddpm_upscale_writes_the_pipelines_image_with_its_metadata(ref, ours, tmp_path, capsys):
+    from ddpm.cli import main
 
     _photo(seed=5).save(tmp_path / "in.png")
-    assert run_sd_upscale(_args(ref, tmp_path)) == 0
+    argv = ["upscale", "--model", str(ref["root"]), str(tmp_path / "in.png"),
+            "--out", str(tmp_path / "out.png"), "--prompt", PROMPT, "--negative", NEGATIVE,
+            "--noise-level", "20", "--steps", "2", "--guidance", "6", "--seed", "5", "--device", "cpu",
+            "--dtype", "float32"]
+    assert main(argv) == 0
     written = tmp_path / "out.png"
     assert str(written) in capsys.readouterr().out
     meta = json.loads(read_png_metadata(written)["ddpm"])
@@ -155,6 +159,17 @@ def test_the_cli_function_writes_the_pipelines_image_with_its_metadata(ref, ours
                             steps=2, guidance_scale=6.0, seed=5).images[0]
     pixels = torch.from_numpy(np.asarray(Image.open(written), dtype=np.float32)).permute(2, 0, 1)
     assert (pixels - ((expected + 1) * 127.5)).abs().max() <= 1.0  # 1 LSB of the PNG's rounding
+
+
+def test_ddpm_upscale_refuses_the_options_of_ddpm_sr_models_for_the_x4_upscaler(ref, tmp_path, capsys):
+    from ddpm.cli import main
+
+    _photo().save(tmp_path / "in.png")
+    base = ["upscale", "--model", str(ref["root"]), str(tmp_path / "in.png"),
+            "--out", str(tmp_path / "o.png")]
+    assert main([*base, "--aug-level", "0.2", "--sampler", "euler"]) == 2
+    assert "--aug-level, --sampler do not apply to the SD x4 upscaler" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
 
 
 def test_the_cli_function_checks_its_arguments_before_loading(ref, tmp_path):

@@ -7,6 +7,8 @@ import argparse
 import math
 from typing import Any
 
+from . import UsageError
+from ._cascade import add_upscaler_args, run_cascade
 from ._common import (
     add_sampling_args,
     check_out_folder,
@@ -41,6 +43,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="also write trajectory.png: the states x_T … x_0 of the first images, one row each "
                    "(any sampler, Gaussian or cold)")  # fmt: skip
     add_sampling_args(p, num=64)
+    add_upscaler_args(p)
     p.set_defaults(func=run)
     return p
 
@@ -67,6 +70,14 @@ def run(args: argparse.Namespace) -> int:
     elif cond == "class":
         labels = balanced_labels(args.num, num_classes)  # rows of classes 0, 1, 2, …
 
+    if args.upscaler:
+        if args.trajectory:
+            raise UsageError("--trajectory shows one model's states; it does not combine with --upscaler")
+        return run_cascade(args, options, conditions={"class_labels": labels} if labels is not None else {})
+    cascade_only = [f"--{n.replace('_', '-')}" for n in ("aug_level", "upscaler_sampler", "upscaler_steps",
+                                                         "upscaler_guidance") if getattr(args, n) is not None]
+    if cascade_only:
+        raise UsageError(f"{', '.join(cascade_only)} apply to the SR stages of a cascade; add --upscaler SR")
     path: list[torch.Tensor] | None = [] if args.trajectory else None
     images, metas = pipe.generate(
         args.num, class_labels=labels, options=options, batch_size=args.batch_size, progress=not args.quiet,

@@ -1,4 +1,5 @@
-"""`ddpm txt2img`: images from a prompt with a text-to-image model; one PNG each (with the prompt, negative
+"""`ddpm txt2img`: images from a prompt with a text-to-image model (or a cascade: the base, then
+`--upscaler` super-resolution models); one PNG each (with the prompt, negative
 prompt, seed, sampler, steps, guidance, size and model hash in its metadata) and a grid.
 
 The model kind is read from the file's content (`_common.model_kind`), before any option is judged: a
@@ -14,6 +15,7 @@ import math
 from typing import Any
 
 from . import UsageError
+from ._cascade import add_upscaler_args, run_cascade
 from ._common import add_sampling_args, check_out_folder, model_kind, non_negative_int, sampling_options
 from ._sd import parse_size
 
@@ -39,6 +41,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_sampling_args(p, num=4)
+    add_upscaler_args(p)
     sd = p.add_argument_group("Stable Diffusion checkpoints only (defaults: SD 1.x's)")
     sd.add_argument("--size", type=parse_size, metavar="WxH",
                     help="e.g. 512x768 (default: the model's, 512x512 for SD 1.x)")
@@ -56,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
 
     kind = model_kind(args.model)  # a missing or unreadable path fails here, before options are judged
     if kind in ("sd", "pickle"):
+        if args.upscaler:
+            raise UsageError("--upscaler chains ddpm pixel models; a Stable Diffusion checkpoint cannot be "
+                             "the base of a cascade")
         return run_sd_txt2img(args)
     sd_only = [f"--{n.replace('_', '-')}" for n in _SD_ONLY if getattr(args, n) not in (None, False)]
     if sd_only:
@@ -66,6 +72,13 @@ def run(args: argparse.Namespace) -> int:
             f"{args.model} is a {kind[len('ddpm-') :]}-conditional model, not a text-to-image one; sample it "
             "with `ddpm sample`"
         )
+    if args.upscaler:
+        return run_cascade(args, sampling_options(args),
+                           conditions={"prompts": args.prompt, "negative_prompt": args.negative})
+    cascade_only = [f"--{n.replace('_', '-')}" for n in ("aug_level", "upscaler_sampler", "upscaler_steps",
+                                                         "upscaler_guidance") if getattr(args, n) is not None]
+    if cascade_only:
+        raise UsageError(f"{', '.join(cascade_only)} apply to the SR stages of a cascade; add --upscaler SR")
     out = check_out_folder(args.out)
     from ..io.images import save_generated
     from ..pipelines import PixelPipeline

@@ -4,6 +4,7 @@
 condition for classifier-free guidance; `ClassConditioner` holds class labels, `WordTextConditioner` a
 word tokenizer and the small text encoder. Training builds one with `make_conditioner(config, dataset)`;
 pipelines rebuild a trained text encoder from a model file with `text_conditioner_from_meta`.
+A super-resolution model's low-res input and its noise-conditioning augmentation: `low_res.py`.
 See ARCHITECTURE.md.
 """
 
@@ -15,6 +16,7 @@ from .base import (
     make_conditioner,
     register_conditioner,
 )
+from .low_res import alpha_bar_at, augment, blur, check_level, downsample, upsample
 from .text import (
     TEXT_DEFAULTS,
     TEXT_ENCODERS,
@@ -35,4 +37,10 @@ __all__ = [
     "make_conditioner",
     "register_conditioner",
     "text_conditioner_from_meta",
+    "alpha_bar_at",
+    "augment",
+    "blur",
+    "check_level",
+    "downsample",
+    "upsample",
 ]

@@ -9,7 +9,9 @@ from typing import Any
 
 from .base import DictConfig
 
-__all__ = ["UNetConfig", "AutoencoderKLConfig", "heads_for"]
+__all__ = ["UNetConfig", "LowResConfig", "AutoencoderKLConfig", "heads_for", "LOW_RES_AUGMENTS"]
+
+LOW_RES_AUGMENTS = ("gaussian", "none")  # noise-conditioning augmentation of an SR model's low-res input
 
 
 def heads_for(channels: int, *, num_heads: int, num_head_channels: int | None) -> tuple[int, int]:
@@ -71,8 +73,16 @@ class UNetConfig(DictConfig):
     context_pool: bool = False
     coord_channels: bool = False
     cross_attention_only: tuple[int, ...] = ()
+    low_res: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        if self.low_res is not None:  # checked and completed, kept a JSON-able dict for model files
+            if isinstance(self.low_res, LowResConfig):
+                self.low_res = self.low_res.to_dict()
+            if not isinstance(self.low_res, dict):
+                raise ValueError(f"UNetConfig.low_res must be a table such as {{size = 16, augment = "
+                                 f"\"gaussian\"}}; got {self.low_res!r}")
+            self.low_res = LowResConfig.from_dict(self.low_res).to_dict()
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
         self.attention_resolutions = tuple(sorted({int(r) for r in self.attention_resolutions}))
         self.cross_attention_only = tuple(sorted({int(r) for r in self.cross_attention_only}))
@@ -126,6 +136,11 @@ class UNetConfig(DictConfig):
     def output_channels(self) -> int:
         """Channels of the network output: `out_channels`, doubled with `learned_variance`."""
         return self.out_channels * (2 if self.learned_variance else 1)
+
+    @property
+    def low_res_config(self) -> LowResConfig | None:
+        """The typed `low_res` of a super-resolution UNet, else None."""
+        return None if self.low_res is None else LowResConfig.from_dict(self.low_res)
 
     @property
     def downsampling_factor(self) -> int:
@@ -201,6 +216,60 @@ class UNetConfig(DictConfig):
             norm_groups=8, dropout=0.0, channels_last=True,
         )
         return cls.from_dict({**base, **overrides})
+
+
+@dataclass
+class LowResConfig(DictConfig):
+    """A super-resolution UNet's low-resolution input (`[model] low_res`; Ho et al. 2022, "Cascaded
+    Diffusion Models", Sec. 3; Saharia et al. 2022, Imagen, Sec. 2.5).
+
+    `size`: side of the low-res image; the UNet upsamples it bilinearly to its own input size and
+    concatenates it on the channel axis. `augment`: "gaussian" noises the low-res input to a level
+    a in [0, 1] of the model's own schedule (z = sqrt(ab(a)) x + sqrt(1 - ab(a)) eps), drawn per training
+    sample from U[0, `aug_max`] (`aug_max` < 1: the truncated form) and told to the network through its own
+    embedding; "none" trains on clean inputs (a = 0), the ablation the papers warn against. `aug_level`: the
+    level sampling uses unless a call says otherwise (0.25 of the schedule). `blur`: [lo, hi] standard
+    deviations, in low-res pixels, of a Gaussian blur applied in training with probability `blur_prob` and
+    sigma ~ U[lo, hi] (Ho et al.'s blur augmentation); None for none.
+    """
+
+    size: int = 16
+    augment: str = "gaussian"
+    aug_max: float = 1.0
+    aug_level: float = 0.25
+    blur: tuple[float, ...] | None = None
+    blur_prob: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 1:
+            raise ValueError(f"model.low_res.size must be a positive integer (the low-res side); got "
+                             f"{self.size!r}")
+        if self.augment not in LOW_RES_AUGMENTS:
+            raise ValueError(f"model.low_res.augment must be one of {list(LOW_RES_AUGMENTS)}; got "
+                             f"{self.augment!r}")
+        self.aug_max, self.aug_level = float(self.aug_max), float(self.aug_level)
+        if not 0.0 < self.aug_max <= 1.0:
+            raise ValueError(f"model.low_res.aug_max must lie in (0, 1] (a fraction of the schedule); got "
+                             f"{self.aug_max}")
+        if not 0.0 <= self.aug_level <= 1.0:
+            raise ValueError(f"model.low_res.aug_level must lie in [0, 1] (a fraction of the schedule); got "
+                             f"{self.aug_level}")
+        if self.augment == "none":
+            self.aug_level = 0.0
+        if self.blur is not None:
+            self.blur = tuple(float(b) for b in self.blur)
+            if len(self.blur) != 2 or not 0.0 <= self.blur[0] <= self.blur[1]:
+                raise ValueError(f"model.low_res.blur must be [lo, hi] with 0 <= lo <= hi (sigmas in low-res "
+                                 f"pixels), or absent; got {list(self.blur)}")
+        if not 0.0 <= self.blur_prob <= 1.0:
+            raise ValueError(f"model.low_res.blur_prob must lie in [0, 1]; got {self.blur_prob}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """As `DictConfig.to_dict`, without `blur` when there is none (TOML has no null)."""
+        out = super().to_dict()
+        if self.blur is None:
+            del out["blur"]
+        return out
 
 
 @dataclass

@@ -11,6 +11,8 @@ UNet.
 | E      | `4 * model_channels`    | width of the timestep (+ class) embedding                            |
 | p      | `patch_size`            | side of the pixel patches folded into channels before the stem conv  |
 | (u, v) | `coord_channels`        | two extra stem inputs: the pixel's column and row, in [-1, 1]        |
+| z      | `low_res`               | an SR model's (augmented) low-res input `[B, C_in, s, s]`            |
+| a      | `aug_level`             | its augmentation level `[B]` in [0, 1], embedded beside t            |
 
 The layout is the one of DDPM (Ho et al. 2020, App. B) as generalised by ADM (Dhariwal & Nichol 2021) and
 LDM (Rombach et al. 2022): `input_blocks` (a stem conv, then per level `num_res_blocks` ResBlocks, each
@@ -23,7 +25,11 @@ adds a projection of the mean context token to the timestep embedding, so a prom
 every ResBlock beside the cross-attention at the attended levels (Imagen's pooled text embedding, Saharia
 et al. 2022); `coord_channels` feeds the stem each position's coordinates (CoordConv, Liu et al. 2018), so
 that "left of" and "above" have somewhere to attach: a convolution stack on pure noise otherwise knows
-where it is only through the zero padding at the borders. Module names equal the Stable Diffusion
+where it is only through the zero padding at the borders. With `low_res` set the UNet is a
+super-resolution model (Ho et al. 2022, Cascaded Diffusion Models; Saharia et al. 2022, Imagen): the
+low-res image is upsampled bilinearly to the input size and concatenated to x_t on the channel axis, and
+its augmentation level gets its own embedding MLP, added to the timestep embedding (as DeepFloyd IF's stage
+II does). Module names equal the Stable Diffusion
 single-file checkpoint keys under `model.diffusion_model.`, so loading one is a prefix strip.
 """
 
@@ -49,7 +55,9 @@ from ..nn import (
     zero_module,
 )
 
-__all__ = ["UNetConfig", "UNet"]
+__all__ = ["UNetConfig", "UNet", "AUG_EMBED_SCALE"]
+
+AUG_EMBED_SCALE = 1000.0  # an SR UNet embeds its aug level a in [0, 1] as a "timestep" a * 1000
 
 
 def _coordinates(h: Tensor) -> Tensor:
@@ -100,8 +108,12 @@ class UNet(nn.Module):
             )
         self.context_emb = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_pool else None
 
+        self.aug_embed = None
+        if cfg.low_res is not None:
+            self.aug_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         p2 = cfg.patch_size**2
-        stem = nn.Conv2d(cfg.in_channels * p2 + (2 if cfg.coord_channels else 0), mc, 3, padding=1)
+        image_channels = cfg.in_channels * (2 if cfg.low_res is not None else 1)
+        stem = nn.Conv2d(image_channels * p2 + (2 if cfg.coord_channels else 0), mc, 3, padding=1)
         self.input_blocks = nn.ModuleList([TimestepSequential(stem)])
         skip_channels = [mc]
         ch, ds = mc, 1
@@ -150,6 +162,31 @@ class UNet(nn.Module):
     def null_class(self) -> int | None:
         """The class id meaning "no class" (classifier-free guidance), or None without a class embedding."""
         return self.config.num_classes
+
+    def _check_low_res(
+        self, x: Tensor, low_res: Tensor | None, aug_level: Tensor | float | None
+    ) -> Tensor | None:
+        """The aug levels `[B]` of an SR UNet (None otherwise), after checking both inputs."""
+        lr = self.config.low_res
+        if lr is None:
+            if low_res is not None or aug_level is not None:
+                raise ValueError("low_res / aug_level given to a UNet that is not a super-resolution model "
+                                 "(set model.low_res)")
+            return None
+        b, c = x.shape[0], self.config.in_channels
+        if low_res is None or aug_level is None:
+            raise ValueError(
+                f"this UNet is a super-resolution model: pass low_res [B, {c}, {lr['size']}, {lr['size']}] "
+                "(the low-res image, in [-1, 1]) and aug_level [B] (its augmentation level in [0, 1])"
+            )
+        if low_res.ndim != 4 or low_res.shape[:2] != (b, c):
+            raise ValueError(f"low_res must have shape [B={b}, {c}, h, w]; got {tuple(low_res.shape)}")
+        a = torch.as_tensor(aug_level, device=x.device, dtype=torch.float32)
+        if a.numel() == 1:
+            a = a.reshape(1).expand(b)
+        if a.shape != (b,):
+            raise ValueError(f"aug_level must be a scalar or of shape [B]=[{b}]; got {tuple(a.shape)}")
+        return a
 
     def _check_inputs(
         self, x: Tensor, t: Tensor | float | int, class_labels: Tensor | None, context: Tensor | None
@@ -219,11 +256,14 @@ class UNet(nn.Module):
         *,
         class_labels: Tensor | None = None,
         context: Tensor | None = None,
+        low_res: Tensor | None = None,
+        aug_level: Tensor | float | None = None,
     ) -> Tensor:
         """Predict from `x [B, C_in, H, W]` at timesteps `t [B]` -> `[B, C_out, H, W]` (C_out doubles with
-        learned variance)."""
+        learned variance); an SR UNet also takes `low_res [B, C_in, s, s]` and `aug_level [B]`."""
         cfg = self.config
         t = self._check_inputs(x, t, class_labels, context)
+        a = self._check_low_res(x, low_res, aug_level)
         t_emb = timestep_embedding(
             t, cfg.model_channels, flip_sin_to_cos=cfg.flip_sin_to_cos, freq_shift=cfg.freq_shift
         )
@@ -232,6 +272,12 @@ class UNet(nn.Module):
             emb = emb + self.label_emb(class_labels)
         if self.context_emb is not None:
             emb = emb + self.context_emb(context.mean(dim=1).to(emb.dtype))
+        if a is not None:
+            a_emb = timestep_embedding(a * AUG_EMBED_SCALE, cfg.model_channels,
+                                       flip_sin_to_cos=cfg.flip_sin_to_cos, freq_shift=cfg.freq_shift)
+            emb = emb + self.aug_embed(a_emb.to(emb.dtype))
+            up = F.interpolate(low_res.to(x.dtype), size=x.shape[-2:], mode="bilinear", align_corners=False)
+            x = torch.cat([x, up], dim=1)
         h = F.pixel_unshuffle(x, cfg.patch_size) if cfg.patch_size > 1 else x
         if cfg.coord_channels:
             h = torch.cat([h, _coordinates(h)], dim=1)

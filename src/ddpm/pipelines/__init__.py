@@ -4,6 +4,7 @@ call these only.
 - `PixelPipeline`: unconditional, class- and text-conditional pixel models (run folders, `ddpm export` files);
 - `StableDiffusion`: SD 1.x checkpoints (single files or diffusers folders): txt2img, img2img, inpaint;
 - `StableDiffusionUpscale`: the SD x4 upscaler (a diffusers folder): `upscale(image, prompt=…)`;
+- `Cascade`: a base pixel model and super-resolution stages sampled in a chain (`StageOptions` per stage);
 - `SamplingOptions`: sampler, steps, grid, guidance and seed, shared by both and by the CLI.
 """
 
@@ -16,6 +17,9 @@ from .options import SamplingOptions
 from .pixel import PixelPipeline
 
 _LAZY = {
+    "Cascade": "cascade",
+    "StageOptions": "cascade",
+    "CascadeResult": "cascade",
     "StableDiffusion": "stable_diffusion",
     "SDResult": "stable_diffusion",
     "StableDiffusionUpscale": "sd_upscale",

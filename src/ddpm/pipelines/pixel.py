@@ -7,6 +7,12 @@ noise, so it comes out the same alone, in any batch and on any device (DESIGN.md
 the empty prompt "" is the unconditional embedding learnt through caption dropout, and a negative prompt
 takes its place in classifier-free guidance. Pixel models are sampled with x0 clipped to the data range
 (`clip_x0="static"`) unless the model file says otherwise.
+
+A super-resolution model (`unet.low_res` in its file) is sampled the same way with its low-res input:
+`upscale(images, aug_level=…)` (or `generate(num, low_res=…)`) augments image i's low-res version to the
+level a with noise drawn from image i's generator right after its starting noise (`ddpm.conditioning.
+low_res`), and passes it, with a, to both branches of classifier-free guidance (only the class or text
+condition is dropped, as in Imagen).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from ..conditioning import (
     Unconditional,
     text_conditioner_from_meta,
 )
+from ..conditioning.low_res import augment, check_level, downsample
+from ..config.architectures import LowResConfig
 from ..io.model_file import file_hash, load_model_file
 from ..io.model_meta import ModelMeta
 from ..models.unet import UNet, UNetConfig
@@ -157,6 +165,65 @@ class PixelPipeline:
         """Side of the images the model was trained on."""
         return int(self.meta.data.image_size or 32)
 
+    @property
+    def low_res(self) -> LowResConfig | None:
+        """A super-resolution model's low-res settings (size, augmentation, default aug level), else None."""
+        return self.unet.config.low_res_config
+
+    def check_low_res(self, images: Tensor, *, resize: bool = False) -> Tensor:
+        """`images` `[N, C, s, s]` in [-1, 1] as this SR model's low-res input (float32, CPU); another size
+        is resized (antialiased bilinear) with `resize`, else a ValueError naming the expected size."""
+        lr = self.low_res
+        if lr is None:
+            raise ValueError(f"this model is not a super-resolution model (its UNet has no low_res input); "
+                             f"it generates {self.image_size}x{self.image_size} images from noise")
+        c = int(self.unet.config.in_channels)
+        if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != c:
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"low-res images must be a tensor [N, {c}, {lr.size}, {lr.size}] in [-1, 1]; "
+                             f"got {shape}")
+        if images.shape[-2:] != (lr.size, lr.size):
+            if not resize:
+                h, w = images.shape[-2:]
+                raise ValueError(f"this SR model upscales {lr.size}x{lr.size} images (its low_res.size) to "
+                                 f"{self.image_size}x{self.image_size}; got {w}x{h}: resize the input to "
+                                 f"{lr.size}x{lr.size} (resize=True does it)")
+            images = downsample(images.float(), lr.size)
+        return images.detach().float().cpu().clamp(-1, 1)
+
+    def _aug_level(self, aug_level: float | None) -> float:
+        lr = self.low_res
+        if lr is None:
+            if aug_level is not None:
+                raise ValueError("aug_level applies to super-resolution models only")
+            return 0.0
+        level = lr.aug_level if aug_level is None else check_level(aug_level)
+        if lr.augment == "none" and level != 0.0:
+            raise ValueError(f"this SR model was trained on clean low-res inputs (low_res.augment = 'none'): "
+                             f"it knows aug_level 0 only, got {level}")
+        return level
+
+    @torch.no_grad()
+    def upscale(
+        self,
+        images: Tensor,
+        *,
+        aug_level: float | None = None,
+        prompts: Prompts = None,
+        negative_prompt: Prompts = None,
+        class_labels: Labels = None,
+        options: SamplingOptions | None = None,
+        batch_size: int = 64,
+        resize: bool = False,
+        progress: bool = False,
+    ) -> tuple[Tensor, list[dict[str, Any]]]:
+        """Upscale low-res `images` `[N, C, s, s]` in [-1, 1] with an SR model: `[N, C, H, W]` and one
+        metadata dict each (see `generate`); `aug_level` in [0, 1], default the model's (0.25)."""
+        low = self.check_low_res(images, resize=resize)
+        return self.generate(len(low), prompts=prompts, negative_prompt=negative_prompt,
+                             class_labels=class_labels, options=options, batch_size=batch_size,
+                             progress=progress, low_res=low, aug_level=aug_level)
+
     @torch.no_grad()
     def encode(self, prompts: Sequence[str], *, warn: bool = True) -> Tensor:
         """Text-encoder states `[B, L, D]` of `prompts` (a text model's cross-attention context)."""
@@ -247,6 +314,8 @@ class PixelPipeline:
         progress: bool = False,
         trajectory: list[Tensor] | None = None,
         callback: StepCallback | None = None,
+        low_res: Tensor | None = None,
+        aug_level: float | None = None,
     ) -> tuple[Tensor, list[dict[str, Any]]]:
         """`num` images `[N, C, H, W]` in [-1, 1] (CPU, float32) and one metadata dict per image.
 
@@ -255,12 +324,23 @@ class PixelPipeline:
         in equal contiguous blocks). Image i uses `torch.Generator().manual_seed(seed + i)`. A cold-diffusion
         model starts from its channel-means prior (`pipelines/cold.py`). `trajectory`: a list that receives
         the states x_T … x_0 of all `num` images, `[N, C, H, W]` each (see `ddpm.sample`); `callback(step,
-        steps, x0_hat)` after each sampler step of each batch (raising from it stops the call).
+        steps, x0_hat)` after each sampler step of each batch (raising from it stops the call). An SR model
+        takes `low_res` `[num, C, s, s]` and `aug_level` (see `upscale`).
         """
         from .. import sample
 
         _positive(num, "num")
         _positive(batch_size, "batch_size")
+        level = self._aug_level(aug_level)
+        if self.low_res is not None:
+            if low_res is None:
+                raise ValueError("this is a super-resolution model: it upscales low-res images (upscale(), "
+                                 "`ddpm upscale`, or a stage of a Cascade) rather than generating from noise")
+            low_res = self.check_low_res(low_res)
+            if len(low_res) != num:
+                raise ValueError(f"got {len(low_res)} low-res images for {num} outputs; give one per image")
+        elif low_res is not None:
+            self.check_low_res(low_res)  # the error: not an SR model
         o = self.resolve(options)
         texts, negatives = self._texts(num, prompts, negative_prompt)
         labels = self._labels(num, class_labels)
@@ -276,6 +356,12 @@ class PixelPipeline:
             gens = [torch.Generator().manual_seed(o.seed + i) for i in range(start, stop)]
             y = None if labels is None else labels[start:stop]
             cond, uncond = self._conditions(y, texts[start:stop], negatives[start:stop], guided)
+            if self.cold is None:  # (a cold model draws its start from the same generators)
+                noise = torch.stack([torch.randn(c, size, size, generator=g) for g in gens]).to(self.device)
+            if low_res is not None:  # the aug noise comes from image i's generator, after its start noise
+                extra = self._low_res_input(low_res[start:stop], level, gens)
+                cond = {**(cond or {}), **extra}
+                uncond = {**uncond, **extra} if uncond is not None else None
             path: list[Tensor] | None = [] if trajectory is not None else None
             common = dict(sampler=o.sampler, steps=o.steps, spacing=o.spacing,
                           guidance_scale=o.guidance_scale, cond=cond, uncond=uncond, clip_x0=clip_x0,
@@ -287,7 +373,6 @@ class PixelPipeline:
                 x0 = generate_batch(self.unet, self.cold, shape, gens, device=self.device,
                                     sample_options=common)
             else:
-                noise = torch.stack([torch.randn(c, size, size, generator=g) for g in gens]).to(self.device)
                 x0 = sample(self.unet, noise, schedule=self.schedule, karras=o.karras, prediction=prediction,
                             eta=o.eta, generator=gens, **common)
             images.append(x0.float().clamp(-1, 1).cpu())
@@ -295,7 +380,19 @@ class PixelPipeline:
                 paths.append(torch.stack(path).float().cpu())  # [states, B, C, H, W]
         if trajectory is not None:
             trajectory.extend(torch.cat(paths, dim=1).unbind(0))
-        return torch.cat(images), self._metadata(num, o, texts, negatives, labels)
+        metas = self._metadata(num, o, texts, negatives, labels)
+        if self.low_res is not None:
+            for m in metas:
+                m.update(aug_level=level, low_res_size=self.low_res.size)
+        return torch.cat(images), metas
+
+    def _low_res_input(self, low: Tensor, level: float, gens: list[torch.Generator]) -> dict[str, Tensor]:
+        """The UNet keywords of a batch of low-res images: z augmented to `level`, and the level `[B]`."""
+        lr = self.low_res
+        eps = torch.stack([torch.randn(low.shape[1], lr.size, lr.size, generator=g) for g in gens])
+        a = torch.full((len(low),), float(level))
+        z = augment(low.double(), a, eps.double(), self.schedule).float()
+        return {"low_res": z.to(self.device), "aug_level": a.to(self.device)}
 
     @torch.no_grad()
     def restore(

@@ -13,8 +13,10 @@ from .autoencoder import AutoencoderTask
 from .base import Task
 from .cold import ColdDiffusionTask
 from .diffusion import DiffusionModule, DiffusionTask, resolve_unet_config
+from .super_resolution import SuperResolutionModule, SuperResolutionTask
 
-__all__ = ["Task", "DiffusionTask", "ColdDiffusionTask", "AutoencoderTask", "DiffusionModule",
+__all__ = ["Task", "DiffusionTask", "ColdDiffusionTask", "SuperResolutionTask", "SuperResolutionModule",
+           "AutoencoderTask", "DiffusionModule",
            "resolve_unet_config", "TASKS", "register_task", "make_task", "task_of_file"]
 
 TASKS: dict[str, type[Task]] = {"diffusion": DiffusionTask, "autoencoder": AutoencoderTask}
@@ -38,8 +40,14 @@ def _task_class(name: str, what: str) -> type[Task]:
 
 def make_task(config: Any) -> Task:
     """The task object for `config.run.task` (a diffusion run with `[diffusion] degradation` set trains
-    cold diffusion, `ColdDiffusionTask`)."""
+    cold diffusion, `ColdDiffusionTask`; one with `[model] low_res` set trains super-resolution,
+    `SuperResolutionTask`)."""
     cls = _task_class(config.run.task, f"run.task = {config.run.task!r}")
+    if cls is DiffusionTask and config.model.low_res is not None:
+        if config.diffusion.cold:
+            raise ValueError("model.low_res (a super-resolution model) and diffusion.degradation (cold "
+                             "diffusion) do not combine; remove one of them")
+        cls = SuperResolutionTask
     if cls is DiffusionTask and config.diffusion.cold:
         cls = ColdDiffusionTask
     return cls(config)

@@ -1,0 +1,267 @@
+"""Cascaded diffusion on held-out `shapes` at 16 -> 32 px (issue 15): super-resolution with and without
+noise-conditioning augmentation, and the text -> 16 px -> 32 px cascade against a one-stage 32 px model.
+
+Five models train through the project's own loop on `shapes` training images (`--train-images` of them,
+rendered once and shared), each for a budget of steps set by the options:
+
+- the SR model of `configs/shapes-sr-16-32.toml` (levels a ~ U[0, 1], sampled at a fixed level),
+- the same with `low_res.augment = "none"` (clean low-res inputs, sampled at a = 0): the ablation,
+- the 16 px text base of `configs/shapes-base-16.toml`,
+- the one-stage 32 px text model of `configs/shapes_txt2img.toml`, given the base's and the aug SR model's
+  training time together (its steps are set from a timed calibration run: equal time, not equal steps).
+
+Held-out: the first `--num` images of the `test` split (never trained on) and their captions. Rows:
+
+- bicubic upsampling of their 16 px versions (`ddpm.conditioning.low_res.downsample`, antialiased bilinear),
+- SR from those ground-truth 16 px versions (aug model at its default level 0.25; no-aug model at 0),
+- the cascade: the base samples 16 px images from the held-out captions (guidance `--guidance`), then
+  bicubic, or SR with aug at each `--aug-levels`, or the no-aug SR, upscales them,
+- the one-stage 32 px model from the same captions.
+
+Columns: Fréchet distance in the features of the project's judge (a classifier of the leading object's colour
+and shape, 18 classes, trained on 32 px training images) against `--num` other held-out images, beside its
+floor (the ground-truth set itself against that reference); the alignment analyser's accuracy (all
+attributes right, `ddpm.evaluation.alignment`) against each image's caption; consistency, the RMSE between
+downsample(output) and the 16 px input it was made from (for the cascade: the base's sample).
+
+    .venv/bin/python benchmarks/cascade.py              # defaults: 23.9 min, one thread of a busy 2-core box
+    .venv/bin/python benchmarks/cascade.py --sr-steps 3000 --base-steps 6000 --num 1000 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ddpm.conditioning.low_res import downsample
+from ddpm.config import load_config
+from ddpm.data import load_dataset, register_builtin
+from ddpm.data.shapes import COLOURS, SHAPES, shapes_dataset
+from ddpm.evaluation import JudgeRecipe, alignment, frechet_distance, judge_for_tensors
+from ddpm.io.images import make_grid, save_png
+from ddpm.pipelines import PixelPipeline, SamplingOptions
+from ddpm.training import train
+
+ROOT = Path(__file__).resolve().parent.parent
+LOW, HIGH = 16, 32
+_CACHE: dict = {}
+
+
+def _bench_shapes(**kw):
+    """`shapes`, each (split, size, options) rendered once per process (five runs share the images)."""
+    key = json.dumps(kw, sort_keys=True, default=str)
+    if key not in _CACHE:
+        _CACHE[key] = shapes_dataset(**kw)
+    return _CACHE[key]
+
+
+register_builtin("shapes_bench", _bench_shapes, replace=True)
+
+
+def labels_of(ds) -> torch.Tensor:
+    """The judge's classes: colour x shape of each scene's leading object, the left or upper one of a pair
+    (18 classes; "the object named first" would be either one, by the caption's wording)."""
+    leads = [ds.scene(i).leading_first().objects[0] for i in range(len(ds))]
+    return torch.tensor([COLOURS.index(o.colour) * len(SHAPES) + SHAPES.index(o.shape) for o in leads])
+
+
+def train_run(config: str, name: str, steps: int, args, out: Path, *extra: str) -> tuple[Path, float]:
+    overrides = [
+        f"run.dir={str(out)!r}",
+        f"run.name={name}",
+        "data.dataset=shapes_bench",
+        f"data.options={{num = {args.train_images}, pair_fraction = 0.9}}",
+        f"train.steps={steps}",
+        f"train.num_threads={args.threads}",
+        f"train.checkpoint_every={steps}",
+        "train.sample_every=0",
+        f"train.warmup_steps={min(200, max(1, steps // 10))}",
+        "train.log_every=0",
+        *extra,
+    ]
+    cfg = load_config(ROOT / "configs" / f"{config}.toml", overrides)
+    t0 = time.perf_counter()
+    run = train(cfg, progress=False)
+    return run, time.perf_counter() - t0
+
+
+def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.clamp(-1, 1) - b).flatten(1).square().mean(1).sqrt().mean())
+
+
+def bicubic(low: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(low, size=(HIGH, HIGH), mode="bicubic", align_corners=False).clamp(-1, 1)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sr-steps", type=int, default=250, help="training steps of each SR model")
+    p.add_argument("--base-steps", type=int, default=350, help="training steps of the 16 px base")
+    p.add_argument("--train-images", type=int, default=8000, help="shapes training images rendered")
+    p.add_argument("--num", type=int, default=500, help="held-out images (and captions) evaluated")
+    p.add_argument("--guidance", type=float, default=3.0, help="guidance of the text models")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps of the text models")
+    p.add_argument("--sr-sampling-steps", type=int, default=10, help="sampling steps of the SR stages")
+    p.add_argument("--aug-levels", type=float, nargs="+", default=[0.1, 0.2, 0.3])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=None, help="folder for the runs (default: a temporary one)")
+    p.add_argument("--strip", type=Path, default=ROOT / "docs" / "cascade-sr-strip.png")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    out = args.out or Path(tempfile.mkdtemp(prefix="cascade-bench-"))
+
+    # ------------------------------------------------------------------ held-out data and the judge
+    test = load_dataset("shapes", split="test", image_size=HIGH, num=2 * args.num)
+    test_x, _ = test.as_tensor()
+    gt, ref = test_x[: args.num].float(), test_x[args.num :].float()
+    captions = list(test.captions[: args.num])
+    low_gt = downsample(gt, LOW)
+    judge_train = _bench_shapes(split="train", image_size=HIGH, num=4000, seed=1)
+    jx, _ = judge_train.as_tensor()
+    judge = judge_for_tensors(
+        "shapes-leading-object",
+        jx.float(),
+        labels_of(judge_train),
+        ref,
+        labels_of(test)[args.num :],
+        num_classes=len(COLOURS) * len(SHAPES),
+        recipe=JudgeRecipe(epochs=10),
+    )
+    f_ref = judge.features(ref).double()
+
+    def measure(x: torch.Tensor, low: torch.Tensor | None) -> dict:
+        x = x.float().clamp(-1, 1)
+        report = alignment.evaluate(x, captions)
+        acc = float(np.mean([s["all_ok"] for s in report.scores]))
+        row = {"fd": frechet_distance(judge.features(x).double(), f_ref), "align": acc}
+        row["consistency"] = rmse(downsample(x, LOW), low) if low is not None else None
+        return row
+
+    # ------------------------------------------------------------------ training
+    times: dict[str, float] = {}
+    sr_run, times["sr_aug"] = train_run("shapes-sr-16-32", "sr-aug", args.sr_steps, args, out)
+    noaug_run, times["sr_noaug"] = train_run(
+        "shapes-sr-16-32", "sr-noaug", args.sr_steps, args, out, 'model.low_res={size = 16, augment = "none"}'
+    )
+    base_run, times["base"] = train_run("shapes-base-16", "base-16", args.base_steps, args, out)
+    calib = 30
+    _, t_cal = train_run("shapes_txt2img", "calibrate", calib, args, out)
+    budget = times["base"] + times["sr_aug"]
+    one_steps = max(calib, int(budget / (t_cal / calib)))
+    one_run, times["one_stage"] = train_run("shapes_txt2img", "one-stage-32", one_steps, args, out)
+
+    # ------------------------------------------------------------------ sampling and measuring
+    sr, noaug = PixelPipeline.load(sr_run, device="cpu"), PixelPipeline.load(noaug_run, device="cpu")
+    base, one = PixelPipeline.load(base_run, device="cpu"), PixelPipeline.load(one_run, device="cpu")
+    sr_opts = SamplingOptions(steps=args.sr_sampling_steps, clip_x0="dynamic")
+    text_opts = SamplingOptions(steps=args.steps, guidance_scale=args.guidance, clip_x0="dynamic")
+    rows: dict[str, dict] = {}
+    rows["ground truth (floor)"] = measure(gt, low_gt)
+    rows["bicubic of GT 16 px"] = measure(bicubic(low_gt), low_gt)
+    sr_gt, _ = sr.upscale(low_gt, options=sr_opts, aug_level=0.25, batch_size=100)
+    rows["SR (aug, a=0.25) of GT 16 px"] = measure(sr_gt, low_gt)
+    noaug_gt, _ = noaug.upscale(low_gt, options=sr_opts, aug_level=0.0, batch_size=100)
+    rows["SR (no aug) of GT 16 px"] = measure(noaug_gt, low_gt)
+    base_x, _ = base.generate(args.num, prompts=captions, options=text_opts, batch_size=100)
+    rows["cascade: base 16 px + bicubic"] = measure(bicubic(base_x), base_x)
+    for a in args.aug_levels:
+        x, _ = sr.upscale(base_x, options=sr_opts, aug_level=a, batch_size=100)
+        rows[f"cascade: base + SR (aug, a={a:g})"] = measure(x, base_x)
+        if a == args.aug_levels[len(args.aug_levels) // 2]:
+            cascade_x = x
+    x, _ = noaug.upscale(base_x, options=sr_opts, aug_level=0.0, batch_size=100)
+    rows["cascade: base + SR (no aug)"] = measure(x, base_x)
+    one_x, _ = one.generate(args.num, prompts=captions, options=text_opts, batch_size=100)
+    rows["one-stage 32 px text model"] = measure(one_x, None)
+
+    # ------------------------------------------------------------------ the strip and the table
+    k = 8
+    nearest = F.interpolate(low_gt[:k], size=(HIGH, HIGH), mode="nearest")
+    strip = torch.stack(
+        [
+            nearest,
+            bicubic(low_gt[:k]),
+            sr_gt[:k].clamp(-1, 1),
+            gt[:k],
+            F.interpolate(base_x[:k], size=(HIGH, HIGH), mode="nearest"),
+            cascade_x[:k].clamp(-1, 1),
+            one_x[:k].clamp(-1, 1),
+        ],
+        dim=1,
+    )
+    args.strip.parent.mkdir(parents=True, exist_ok=True)
+    save_png(args.strip, make_grid(strip.flatten(0, 1), nrow=7))
+    floor = rows["ground truth (floor)"]["fd"]
+    print(
+        f"# cascade benchmark: shapes test split, {args.num} held-out images "
+        f"(FD reference: {args.num} others); "
+        f"judge test accuracy {judge.test_accuracy:.3f}; {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{args.threads} thread(s), torch {torch.__version__}"
+    )
+    print(
+        f"# training (s): SR aug {times['sr_aug']:.0f} ({args.sr_steps} steps), "
+        f"SR no-aug {times['sr_noaug']:.0f} "
+        f"({args.sr_steps}), base 16 px {times['base']:.0f} ({args.base_steps}), one-stage 32 px "
+        f"{times['one_stage']:.0f} ({one_steps} steps, given {budget:.0f} s = base + SR aug)"
+    )
+    print("\n| | FD | FD / floor | alignment (all right) | consistency RMSE |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, r in rows.items():
+        cons = "—" if r["consistency"] is None else f"{r['consistency']:.4f}"
+        print(f"| {name} | {r['fd']:.2f} | {r['fd'] / floor:.2f} | {100 * r['align']:.1f}% | {cons} |")
+    bic, srr = rows["bicubic of GT 16 px"], rows["SR (aug, a=0.25) of GT 16 px"]
+    best_aug = min((rows[f"cascade: base + SR (aug, a={a:g})"]["fd"], a) for a in args.aug_levels)
+    casc = rows[f"cascade: base + SR (aug, a={best_aug[1]:g})"]
+    goals = [
+        ("SR FD <= 0.5x bicubic", srr["fd"] <= 0.5 * bic["fd"], f"{srr['fd']:.2f} vs {0.5 * bic['fd']:.2f}"),
+        ("SR FD <= 2x floor", srr["fd"] <= 2 * floor, f"{srr['fd']:.2f} vs {2 * floor:.2f}"),
+        (
+            "SR alignment >= bicubic",
+            srr["align"] >= bic["align"],
+            f"{srr['align']:.3f} vs {bic['align']:.3f}",
+        ),
+        (
+            "cascade alignment >= one-stage",
+            casc["align"] >= rows["one-stage 32 px text model"]["align"],
+            f"{casc['align']:.3f} vs {rows['one-stage 32 px text model']['align']:.3f}",
+        ),
+        (
+            "cascade aug FD < no-aug FD",
+            best_aug[0] < rows["cascade: base + SR (no aug)"]["fd"],
+            f"{best_aug[0]:.2f} (a={best_aug[1]:g}) vs {rows['cascade: base + SR (no aug)']['fd']:.2f}",
+        ),
+    ]
+    print("\n| goal | met | figures |\n| --- | --- | --- |")
+    for goal, ok, fig in goals:
+        print(f"| {goal} | {'yes' if ok else 'no'} | {fig} |")
+    print(
+        f"\nstrip: {args.strip} (rows: low-res, bicubic, SR, ground truth | base 16 px, cascade, one-stage); "
+        f"total {(time.perf_counter() - t_start) / 60:.1f} min"
+    )
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "rows": rows,
+                    "times": times,
+                    "one_stage_steps": one_steps,
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                },
+                indent=1,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,6 @@
 """Evaluation: Fréchet distance with pluggable features and its real-data floor, class accuracy judged by a
 classifier the project trains itself, bits/dim on held-out data, prompt alignment of text-to-image samples
-on `shapes`, and a registry that holds them."""
+on `shapes`, a registry that holds them, and the sampler sweep (quality against counted NFE)."""
 
 from . import alignment as _alignment
 from .context import EvalContext, EvalOptions, balanced_labels
@@ -9,6 +9,7 @@ from .harness import evaluate, format_table, parse_metrics, results_to_dict
 from .judge import Judge, JudgeNet, JudgeRecipe, judge_for_tensors, train_judge
 from .metrics import METRICS, Metric, MetricResult, register_metric
 from .reference import ReferenceDraw, reference_draws
+from .sweep import SWEEP_NFE, SWEEP_SAMPLERS, SweepResult, SweepRun, sweep
 
 _alignment.register()
 
@@ -35,4 +36,9 @@ __all__ = [
     "register_metric",
     "ReferenceDraw",
     "reference_draws",
+    "sweep",
+    "SweepResult",
+    "SweepRun",
+    "SWEEP_SAMPLERS",
+    "SWEEP_NFE",
 ]

@@ -6,7 +6,7 @@
 | DPM++ 2M Karras      | `sampler="dpmpp_2m", karras=True`    | same with use_karras_sigmas=True            |
 | DPM++ 3M             | `sampler="dpmpp_3m"`                 | DPMSolverMultistep (dpmsolver++, order 3)   |
 | DPM++ 2M SDE         | `sampler="dpmpp_2m_sde"`             | DPMSolverMultistep (sde-dpmsolver++)        |
-| DPM++ 2M SDE Exponential | `sampler="dpmpp_2m_sde", exponential=True` | same with use_exponential_sigmas=True |
+| … Exponential        | `exponential=True` (any sampler)     | use_exponential_sigmas=True                 |
 | UniPC                | `sampler="unipc"` (order 2; `unipc_3`: order 3) | UniPCMultistep (bh2)             |
 | LMS                  | `sampler="lms"`                      | LMSDiscrete (order 4)                       |
 | Euler                | `sampler="euler"`                    | EulerDiscrete                               |

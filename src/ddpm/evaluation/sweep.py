@@ -167,7 +167,7 @@ def sweep(
     `samplers` at each NFE budget, and `reference` (sampler, steps) once; score them with `metrics` (names
     in the evaluation registry; default: every sample metric that applies). `ctx.options.sampling` gives the
     rest (guidance, spacing, karras/exponential, clipping). With `out`, writes sweep.csv, sweep.md and
-    sweep.png there."""
+    sweep.png there (the first two after every run)."""
     from ..sampling import GAUSSIAN_SAMPLERS
 
     pipe = ctx.pipe
@@ -204,6 +204,8 @@ def sweep(
         run = SweepRun(sampler, target, steps, calls[0] / batches, sampled)
         run.results = evaluate(sub, names)
         runs.append(run)
+        if out is not None:  # the table so far, so an interrupted sweep keeps what it measured
+            write_sweep(SweepResult(runs, names, o.num, model=getattr(pipe, "name", "")), out, plot=False)
         done_nfe += run.nfe
         if log is not None:
             spent = time.perf_counter() - start
@@ -231,7 +233,7 @@ def _fmt(v: float) -> str:
     return f"{v:.3f}" if a < 10 else f"{v:.4g}"
 
 
-def write_sweep(result: SweepResult, out: str | Path) -> dict[str, Path]:
+def write_sweep(result: SweepResult, out: str | Path, *, plot: bool = True) -> dict[str, Path]:
     """sweep.csv (one row per run), sweep.md (a table per metric: samplers x NFE) and sweep.png."""
     from ..io.atomic import atomic_write
 
@@ -246,6 +248,8 @@ def write_sweep(result: SweepResult, out: str | Path) -> dict[str, Path]:
         writer.writerows(rows)
     with atomic_write(paths["md"]) as tmp:
         tmp.write_text(format_markdown(result))
+    if not plot:
+        return {k: v for k, v in paths.items() if k != "png"}
     with atomic_write(paths["png"]) as tmp:
         plot_sweep(result, tmp)
     return paths

@@ -321,7 +321,7 @@ def plot_sweep(result: SweepResult, path: str | Path) -> Path:
         ax.set_xlabel("NFE (model evaluations, counted)")
         ax.set_ylabel(metric)
         values = [v for r in result.runs if (v := _value(r, metric)) is not None and v > 0]
-        if metric != "accuracy" and values and max(values) / min(values) > 20:
+        if metric != "accuracy" and values and max(values) / min(values) > 3:
             ax.set_yscale("log")
         ax.set_title(f"{metric} against NFE ({result.num} images)")
         ax.grid(True, which="both", alpha=0.3)

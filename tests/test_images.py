@@ -65,6 +65,13 @@ def test_png_round_trip_pixels_and_metadata(tmp_path):
         "a red circle, large\nNegative prompt: blurry\n"
         "Steps: 20, Sampler: DPM++ 2M Karras, CFG scale: 2, Seed: 7, Size: 7x6, Model hash: 0123456789"
     )
+    # the names A1111 prints for the newer samplers and the exponential schedule
+    for sampler, extra, name in [("dpmpp_2m_sde", {"exponential": True}, "DPM++ 2M SDE Exponential"),
+                                 ("dpmpp_3m", {}, "DPM++ 3M"), ("unipc", {}, "UniPC"),
+                                 ("unipc_3", {}, "UniPC"),
+                                 ("lms", {"karras": True}, "LMS Karras")]:  # fmt: skip
+        other = {**meta, "sampler": sampler, "karras": False, **extra}
+        assert f"Sampler: {name}, " in png_metadata(other)["parameters"]
 
 
 def test_grey_unicode_and_bad_inputs(tmp_path):

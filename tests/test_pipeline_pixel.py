@@ -134,18 +134,24 @@ def test_spacing_and_karras_are_offered_and_recorded_as_sampled(tmp_path):
     default, meta = pipe.generate(1, options=SamplingOptions(steps=4))
     assert (meta[0]["spacing"], meta[0]["karras"]) == ("trailing", False)
     noise = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    for spacing, karras in (("leading", False), ("linspace", True)):
-        images, meta = pipe.generate(1, options=SamplingOptions(steps=4, spacing=spacing, karras=karras))
-        assert (meta[0]["spacing"], meta[0]["karras"]) == (spacing, karras)
+    for spacing, karras, exponential in (("leading", False, False), ("linspace", True, False),
+                                         ("trailing", False, True)):  # fmt: skip
+        options = SamplingOptions(steps=4, spacing=spacing, karras=karras, exponential=exponential)
+        images, meta = pipe.generate(1, options=options)
+        recorded = (meta[0]["spacing"], meta[0]["karras"], meta[0]["exponential"])
+        assert recorded == (spacing, karras, exponential)
         assert not torch.equal(images, default)
         ref = ddpm.sample(pipe.unet, noise, schedule=pipe.schedule, steps=4, spacing=spacing, karras=karras,
-                          clip_x0="static", generator=[torch.Generator().manual_seed(0)]).clamp(-1, 1)
+                          exponential=exponential, clip_x0="static",
+                          generator=[torch.Generator().manual_seed(0)]).clamp(-1, 1)  # fmt: skip
         torch.testing.assert_close(images, ref, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="choose one of them"):
+        SamplingOptions(karras=True, exponential=True)
 
 
 def test_sampling_options_are_checked_against_the_names():
-    with pytest.raises(ValueError, match="unknown sampler 'lms'"):
-        SamplingOptions(sampler="lms")
+    with pytest.raises(ValueError, match="unknown sampler 'dpm_adaptive'"):
+        SamplingOptions(sampler="dpm_adaptive")
     with pytest.raises(ValueError, match="unknown spacing 'even'"):
         SamplingOptions(spacing="even")
     with pytest.raises(ValueError, match="steps must be an integer >= 1"):

@@ -19,8 +19,13 @@ GRIDS = dict(
     euler_a=sigma_grid,
     heun=sigma_grid,
     dpmpp_2m=dpm_grid,
+    dpmpp_3m=dpm_grid,
+    dpmpp_2m_sde=dpm_grid,
+    unipc=dpm_grid,
+    unipc_3=dpm_grid,
+    lms=sigma_grid,
 )
-STOCHASTIC = [("ddpm", {}), ("ddim", {"eta": 1.0}), ("euler_a", {})]
+STOCHASTIC = [("ddpm", {}), ("ddim", {"eta": 1.0}), ("euler_a", {}), ("dpmpp_2m_sde", {})]
 
 
 def model(x, t, **cond):
@@ -73,7 +78,7 @@ def test_model_sees_grid_timesteps(sampler):
     grid = GRIDS[sampler](SCHEDULE, n, "trailing")
     calls = {"plms": n + 1, "heun": 2 * n - 1}.get(sampler, n)
     assert len(rec.calls) == calls
-    float_t = sampler in ("euler", "euler_a", "heun")
+    float_t = sampler in ("euler", "euler_a", "heun", "lms")
     for x, t, _ in rec.calls:
         assert t.shape == (SHAPE[0],) and t.device == noise.device
         assert t.dtype == (torch.float32 if float_t else torch.int64)
@@ -94,9 +99,13 @@ def test_steps_offset_and_karras_grids():
         steps_offset=1,
     )
     assert [int(t[0]) for _, t, _ in rec.calls] == list(range(951, 0, -50))
-    for sampler in GAUSSIAN_SAMPLERS:  # every sampler accepts a Karras grid
-        out = ddpm.sample(model, torch.randn(SHAPE), schedule=SCHEDULE, sampler=sampler, steps=8, karras=True)
-        assert torch.isfinite(out).all()
+    for sampler in GAUSSIAN_SAMPLERS:  # every sampler accepts a Karras and an exponential grid
+        for grid in ({"karras": True}, {"exponential": True}):
+            out = ddpm.sample(model, torch.randn(SHAPE), schedule=SCHEDULE, sampler=sampler, steps=8,
+                              generator=torch.Generator(), **grid)  # fmt: skip
+            assert torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="choose one of them"):
+        ddpm.sample(model, torch.randn(SHAPE), schedule=SCHEDULE, karras=True, exponential=True)
 
 
 @pytest.mark.parametrize("sampler", list(GAUSSIAN_SAMPLERS))
@@ -250,7 +259,7 @@ def test_eps_model_at_zero_terminal_snr():
 
 
 BAD_INPUTS = [
-    (dict(sampler="lms"), "unknown sampler 'lms'; choose one of \\['ddpm', 'ddim'"),
+    (dict(sampler="dpm_adaptive"), "unknown sampler 'dpm_adaptive'; choose one of \\['ddpm', 'ddim'"),
     (
         dict(spacing="uniform"),
         "unknown spacing 'uniform'; choose one of \\['leading', 'linspace', 'trailing'\\]",

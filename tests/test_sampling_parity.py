@@ -16,6 +16,7 @@ import torch
 
 import ddpm
 from ddpm import schedules
+from ddpm.sampling import sampler_grid
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import (  # noqa: E402
@@ -25,7 +26,9 @@ from diffusers import (  # noqa: E402
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
+    LMSDiscreteScheduler,
     PNDMScheduler,
+    UniPCMultistepScheduler,
 )
 
 diffusers.utils.logging.set_verbosity_error()
@@ -320,3 +323,121 @@ def test_final_sigma_min(sampler):
         final_sigma="sigma_min",
     )
     assert rel_error(ours, run_diffusers(make(), 20)) < TOL
+
+
+# ------------------------------------------------------------------ UniPC, DPM-Solver++ 3M / 2M SDE, LMS
+def dpm3(c, **kw):
+    return DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=3, **c, **kw)
+
+
+MULTISTEP = {  # sampler -> diffusers scheduler from a config (and extra settings)
+    "unipc": lambda c, **kw: UniPCMultistepScheduler(solver_type="bh2", solver_order=2, **c, **kw),
+    "unipc_3": lambda c, **kw: UniPCMultistepScheduler(solver_type="bh2", solver_order=3, **c, **kw),
+    "dpmpp_3m": dpm3,
+    "lms": lambda c, **kw: LMSDiscreteScheduler(**c, **kw),
+}
+# each spacing once with eps at 7 steps (under 15: diffusers' lower-order last steps) and SD's grid at 20;
+# v and the DDPM schedule on one grid each
+MULTISTEP_CASES = (
+    [("scaled_linear", "eps", *g) for g in (GRIDS[1], GRIDS[2], GRIDS[4], GRIDS[6])]
+    + [("scaled_linear", "v", *GRIDS[6]), ("linear", "eps", *GRIDS[5])]
+)
+
+
+@pytest.mark.parametrize("schedule, prediction, spacing, steps_offset, steps", MULTISTEP_CASES)
+def test_unipc_dpmpp_3m_lms(schedule, prediction, spacing, steps_offset, steps):
+    errors = {}
+    for sampler, make in MULTISTEP.items():
+        ref = run_diffusers(make(config(schedule, prediction, spacing, steps_offset)), steps)
+        ours = ddpm.sample(
+            model,
+            NOISE,
+            schedule=SCHEDULES[schedule][0],
+            sampler=sampler,
+            steps=steps,
+            spacing=spacing,
+            steps_offset=steps_offset,
+            prediction=prediction,
+        )
+        errors[sampler] = rel_error(ours, ref)
+    assert max(errors.values()) < TOL, errors
+
+
+@pytest.mark.parametrize("steps", [7])
+def test_multistep_karras_and_sigma_min(steps):
+    cfg = config("scaled_linear", "eps", "leading", 1)
+    errors = {}
+    for sampler, make in MULTISTEP.items():
+        ref = run_diffusers(make(cfg, use_karras_sigmas=True), steps)
+        ours = ddpm.sample(model, NOISE, schedule=SCHEDULES["scaled_linear"][0], sampler=sampler, steps=steps,
+                           spacing="leading", steps_offset=1, karras=True)  # fmt: skip
+        errors[sampler, "karras"] = rel_error(ours, ref)
+        if sampler != "lms":  # LMSDiscreteScheduler always ends at sigma = 0
+            ref = run_diffusers(make(cfg, final_sigmas_type="sigma_min"), steps)
+            ours = ddpm.sample(model, NOISE, schedule=SCHEDULES["scaled_linear"][0], sampler=sampler,
+                               steps=steps, spacing="leading", steps_offset=1,
+                               final_sigma="sigma_min")  # fmt: skip
+            errors[sampler, "sigma_min"] = rel_error(ours, ref)
+    assert max(errors.values()) < TOL, errors
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+@pytest.mark.parametrize("steps", [7, 20])
+def test_dpmpp_2m_sde_with_per_sample_generators(prediction, steps):
+    """diffusers' sde-dpmsolver++ draws its noise with randn_tensor, row i from generator i, as we do."""
+    cfg = config("scaled_linear", prediction, "trailing")
+    gens = lambda: [torch.Generator().manual_seed(20 + i) for i in range(NOISE.shape[0])]  # noqa: E731
+    sched = DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", solver_order=2, **cfg)
+    ref = run_diffusers(sched, steps, generator=gens())
+    ours = ddpm.sample(model, NOISE, schedule=SCHEDULES["scaled_linear"][0], sampler="dpmpp_2m_sde",
+                       steps=steps, prediction=prediction, generator=gens())  # fmt: skip
+    assert rel_error(ours, ref) < TOL
+    other = ddpm.sample(model, NOISE, schedule=SCHEDULES["scaled_linear"][0], sampler="dpmpp_2m_sde",
+                        steps=steps, prediction=prediction,
+                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert rel_error(other, ref) > 1e-3  # the noise matters: another generator gives another sample
+
+
+# ------------------------------------------------------------------------------- exponential sigmas
+class RoundedTimesteps:
+    """A DPM-Solver / UniPC scheduler whose exponential grid gives the network rounded timesteps: diffusers
+    truncates them there (astype(int64) of the fractional t; its Karras branch rounds), we round both."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+
+    def set_timesteps(self, steps):
+        s = self.scheduler
+        s.set_timesteps(steps)
+        table = ((1 - s.alphas_cumprod) / s.alphas_cumprod).sqrt().double()
+        t = schedules.timestep_at(table, s.sigmas[:-1].double())
+        self.truncated = s.timesteps.clone()
+        s.timesteps = t.round().to(torch.int64)
+
+    def __getattr__(self, name):
+        return getattr(self.scheduler, name)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun", "lms", "dpmpp_2m", "unipc", "dpmpp_3m"])
+def test_exponential_sigmas(sampler):
+    cfg = config("scaled_linear", "eps", "trailing")
+    kw = dict(use_exponential_sigmas=True)
+    make = {
+        "euler": lambda: EulerDiscreteScheduler(**cfg, **kw),
+        "heun": lambda: HeunDiscreteScheduler(**cfg, **kw),
+        "dpmpp_2m": lambda: RoundedTimesteps(DPMSolverMultistepScheduler(**cfg, **kw)),
+        **{k: (lambda k=k: RoundedTimesteps(MULTISTEP[k](cfg, **kw))) for k in ("unipc", "dpmpp_3m")},
+        "lms": lambda: MULTISTEP["lms"](cfg, **kw),
+    }[sampler]
+    sched = make()
+    ref = run_diffusers(sched, 12)
+    grid = sampler_grid(sampler, SCHEDULES["scaled_linear"][0], 12, "trailing", exponential=True)
+    levels = torch.unique_consecutive(sched.sigmas.double())  # heun lists each inner level twice
+    torch.testing.assert_close(grid.sigmas, levels, rtol=TOL, atol=0)  # theirs from float32 alpha_bars
+    log_sig = grid.sigmas[:-1].log()  # the formula: log sigma evenly spaced from sigma_max to sigma_min
+    torch.testing.assert_close(log_sig.diff(), log_sig.diff()[:1].expand(11), rtol=1e-9, atol=1e-12)
+    ours = ddpm.sample(model, NOISE, schedule=SCHEDULES["scaled_linear"][0], sampler=sampler, steps=12,
+                       exponential=True)  # fmt: skip
+    assert rel_error(ours, ref) < TOL
+    if isinstance(sched, RoundedTimesteps):  # and diffusers' truncation is a real difference
+        assert not torch.equal(sched.truncated, sched.timesteps)

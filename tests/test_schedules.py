@@ -14,6 +14,7 @@ from ddpm import schedules
 from ddpm.schedules import (
     DiscreteSchedule,
     alpha_bar_from_sigma,
+    exponential_sigmas,
     karras_sigmas,
     sigma_at,
     timestep_at,
@@ -155,6 +156,17 @@ def test_karras_sigmas():
     )
     with pytest.raises(ValueError):
         karras_sigmas(1.0, 0.5, 4)
+
+
+def test_exponential_sigmas():
+    """log sigma evenly spaced between the ends (k-diffusion's get_sigmas_exponential without the final 0)."""
+    sig = exponential_sigmas(0.03, 14.6, 12)
+    assert sig[0].item() == pytest.approx(14.6) and sig[-1].item() == pytest.approx(0.03)
+    ratio = sig[1:] / sig[:-1]
+    torch.testing.assert_close(ratio, torch.full((11,), (0.03 / 14.6) ** (1 / 11), dtype=torch.float64))
+    assert exponential_sigmas(0.5, 2.0, 1).tolist() == [pytest.approx(2.0)]
+    with pytest.raises(ValueError):
+        exponential_sigmas(1.0, 0.5, 4)
 
 
 def test_sigma_at_interpolates_linearly_and_clamps():

@@ -252,7 +252,7 @@ def test_sd_txt2img_entry_with_a_foreign_parser(capsys, model, tmp_path):
     [
         (["--size", "30x16"], "width=30 is not a multiple of 4"),
         (["--strength", "1.5"], "strength must lie in"),
-        (["--sampler", "lms"], "unknown sampler"),
+        (["--sampler", "dpm_adaptive"], "unknown sampler"),
     ],
 )
 def test_user_errors_are_one_line(capsys, model, tmp_path, extra, match):

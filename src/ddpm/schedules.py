@@ -36,6 +36,8 @@ __all__ = [
     "SPACINGS",
     "timesteps",
     "karras_sigmas",
+    "exponential_sigmas",
+    "SIGMA_SCHEDULES",
     "sigma_at",
     "timestep_at",
     "alpha_bar_from_sigma",
@@ -251,6 +253,19 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, *, rho: float = 7.
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
     inv_min, inv_max = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return (inv_max + ramp * (inv_min - inv_max)) ** rho
+
+
+def exponential_sigmas(sigma_min: float, sigma_max: float, n: int) -> Tensor:
+    """The "exponential" schedule (k-diffusion's `get_sigmas_exponential`, A1111's "Exponential"): log sigma
+    evenly spaced, sigma_i = exp(log s_max + i/(n-1) (log s_min - log s_max)), float64 `[n]`, descending."""
+    if n < 1:
+        raise ValueError(f"need at least one sigma, got n={n}")
+    if not 0 < sigma_min <= sigma_max:
+        raise ValueError(f"need 0 < sigma_min <= sigma_max, got {sigma_min}, {sigma_max}")
+    return torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp()
+
+
+SIGMA_SCHEDULES = {"karras": karras_sigmas, "exponential": exponential_sigmas}
 
 
 # --------------------------------------------------------------------------------------------

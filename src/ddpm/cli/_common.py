@@ -61,12 +61,15 @@ def non_negative_float(text: str) -> float:
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, *, num: int) -> None:
-    """--sampler/--steps/--spacing/--karras/--guidance/--eta/--seed/--num/--batch-size (None: the model's)."""
+    """--sampler/--steps/--spacing/--karras/--exponential/--guidance/--eta/--seed/--num/--batch-size
+    (None: the model's)."""
     g = parser.add_argument_group("sampling (defaults: the model file's own settings)")
     g.add_argument("--sampler", help=f"{', '.join(SAMPLER_NAMES)} (default: the model's)")
     g.add_argument("--steps", type=positive_int, help="number of sampling steps")
     g.add_argument("--spacing", choices=SPACINGS, help="timestep spacing (default: the model's)")
     g.add_argument("--karras", action="store_true", help='Karras sigmas ("DPM++ 2M Karras")')
+    g.add_argument("--exponential", action="store_true",
+                   help='exponential sigmas, log-evenly spaced ("DPM++ 2M SDE Exponential")')  # fmt: skip
     g.add_argument("--guidance", type=finite_float, metavar="SCALE",
                    help="classifier-free guidance scale (1 = off)")
     g.add_argument("--eta", type=non_negative_float, default=0.0,
@@ -167,8 +170,9 @@ def sampling_options(args: argparse.Namespace) -> Any:
     names = {"sampler": "sampler", "steps": "steps", "spacing": "spacing", "guidance_scale": "guidance",
              "seed": "seed", "clip_skip": "clip_skip"}
     fields = {k: getattr(args, a) for k, a in names.items() if getattr(args, a, None) is not None}
-    return SamplingOptions(karras=bool(getattr(args, "karras", False)), eta=float(getattr(args, "eta", 0.0)),
-                           **fields)
+    return SamplingOptions(karras=bool(getattr(args, "karras", False)),
+                           exponential=bool(getattr(args, "exponential", False)),
+                           eta=float(getattr(args, "eta", 0.0)), **fields)  # fmt: skip
 
 
 def load_pipeline(model: str) -> Any:

@@ -58,6 +58,8 @@ def add_sd_arguments(parser: argparse.ArgumentParser, *, image: bool = False, ma
                    help=f"CFG scale (default {SD_DEFAULTS['guidance_scale']})")
     g.add_argument("--sampler", help=f"{', '.join(SAMPLER_NAMES)} (default {SD_DEFAULTS['sampler']})")
     g.add_argument("--karras", action="store_true", help="Karras sigmas (\"DPM++ 2M Karras\")")
+    g.add_argument("--exponential", action="store_true",
+                   help="exponential sigmas, log-evenly spaced (\"DPM++ 2M SDE Exponential\")")
     g.add_argument("--spacing", choices=SPACINGS,
                    help="timestep spacing (default: the model's, leading for SD 1.x)")
     g.add_argument("--seed", type=non_negative_int, help="image i uses seed + i (default: random)")

@@ -33,6 +33,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_fid_args(p)
+    s = p.add_argument_group("sampler sweep (--sweep: quality against counted NFE; --out is then a folder)")
+    s.add_argument("--sweep", action="store_true",
+                   help="sample the same seeds with each sampler at each NFE (and ddpm at 1000 steps); write "
+                        "sweep.csv, sweep.md and sweep.png into --out (default sweep/)")
+    s.add_argument("--sweep-samplers", metavar="A,B",
+                   help="samplers to compare (default: every Gaussian one)")  # fmt: skip
+    s.add_argument("--sweep-nfe", metavar="N,M", default="5,10,15,20,50,100",
+                   help="NFE budgets (default 5,10,15,20,50,100)")  # fmt: skip
     add_sampling_args(p, num=1000)
     p.set_defaults(func=run)
     return p
@@ -66,6 +74,8 @@ def _fid_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.sweep:
+        return _run_sweep(args)
     out = check_out_file(args.out, force=True) if args.out else None  # before torch is imported
     from ..evaluation import (
         METRICS,
@@ -106,4 +116,34 @@ def run(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(blob, indent=2) + "\n")
         print(f"wrote {out}")
+    return 0
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    """`ddpm eval --sweep`: the table and plot of evaluation/sweep.py for one model."""
+    from . import UsageError
+    from ._common import check_out_folder
+
+    if args.sampler or args.steps:
+        raise UsageError("--sweep chooses the sampler and steps of each run; use --sweep-samplers and "
+                         "--sweep-nfe instead of --sampler/--steps")  # fmt: skip
+    try:
+        nfes = [int(n) for n in args.sweep_nfe.split(",") if n.strip()]
+    except ValueError:
+        raise UsageError(f"--sweep-nfe takes comma-separated integers, got {args.sweep_nfe!r}") from None
+    out = check_out_folder(args.out or "sweep")
+    from ..evaluation import SWEEP_SAMPLERS, EvalContext, EvalOptions, sweep
+
+    samplers = [s.strip() for s in (args.sweep_samplers or "").split(",") if s.strip()] or SWEEP_SAMPLERS
+    options = EvalOptions(
+        num=args.num, seed=args.seed, sampling=sampling_options(args).replace(seed=None),
+        batch_size=args.batch_size, fd_repeats=args.fd_repeats, progress=False,
+    )  # fmt: skip
+    pipe = load_pipeline(args.model)
+    metrics = None if args.metric == "all" else args.metric
+    start = time.perf_counter()
+    result = sweep(EvalContext(pipe, options), samplers=samplers, nfes=nfes, metrics=metrics, out=out,
+                   log=None if args.quiet else print)  # fmt: skip
+    print(result.files["md"].read_text())
+    print(f"({time.perf_counter() - start:.0f} s) wrote " + ", ".join(str(p) for p in result.files.values()))
     return 0

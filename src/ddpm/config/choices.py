@@ -8,7 +8,8 @@ SCHEDULE_NAMES = ("linear", "cosine", "scaled_linear", "sigmoid")  # ddpm.schedu
 SPACINGS = ("leading", "linspace", "trailing")  # timestep grids (ddpm.schedules)
 COLD_SAMPLER_NAMES = ("cold", "cold_naive", "cold_direct")  # cold diffusion: Algorithms 2 and 1, one-shot
 # ddpm.sampling.SAMPLERS: the Gaussian-noise samplers, then the cold ones (which need a degradation)
-SAMPLER_NAMES = ("ddpm", "ddim", "plms", "euler", "euler_a", "heun", "dpmpp_2m", *COLD_SAMPLER_NAMES)
+SAMPLER_NAMES = ("ddpm", "ddim", "plms", "euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde",
+                 "unipc", "unipc_3", "lms", *COLD_SAMPLER_NAMES)
 DEGRADATION_NAMES = ("blur", "mask", "downsample", "fade", "gaussian")  # ddpm.degradations.DEGRADATIONS
 TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")  # ddpm.objectives.sample_timesteps
 CONDITIONS = ("none", "class", "text")  # ddpm.conditioning

@@ -1,7 +1,8 @@
 """Evaluation: Fréchet distance with pluggable features and its real-data floor, class accuracy judged by a
 classifier the project trains itself, bits/dim on held-out data, prompt alignment of text-to-image samples
-on `shapes`, and a registry that holds them; FID, KID and precision/recall on the standard FID Inception-v3
-features (`fid`: `inception`, `fid_metrics`, `fid_score`)."""
+on `shapes`, a registry that holds them, and the sampler sweep (quality against counted NFE); FID, KID
+and precision/recall on the standard FID Inception-v3 features (`fid`: `inception`, `fid_metrics`,
+`fid_score`)."""
 
 from . import alignment as _alignment
 from . import fid_score as _fid_score
@@ -21,6 +22,7 @@ from .harness import evaluate, format_table, parse_metrics, results_to_dict
 from .judge import Judge, JudgeNet, JudgeRecipe, judge_for_tensors, train_judge
 from .metrics import METRICS, Metric, MetricResult, register_metric
 from .reference import ReferenceDraw, reference_draws
+from .sweep import SWEEP_NFE, SWEEP_SAMPLERS, SweepResult, SweepRun, sweep
 
 _alignment.register()
 _fid_score.register()
@@ -58,4 +60,9 @@ __all__ = [
     "register_metric",
     "ReferenceDraw",
     "reference_draws",
+    "sweep",
+    "SweepResult",
+    "SweepRun",
+    "SWEEP_SAMPLERS",
+    "SWEEP_NFE",
 ]

@@ -86,6 +86,15 @@ class EvalContext:
         self._real: dict[str, tuple[Tensor, Tensor | None]] = {}
         self._class_names: list[str] | None = None
         self._features: dict[str, Tensor] = {}
+        self._shared: EvalContext | None = None  # the context whose real data and judge this one uses
+
+    def derive(self, options: EvalOptions) -> EvalContext:
+        """A context for other samples of the same model (`options`: e.g. another sampler or step count) that
+        uses this one's real data, judge and real-data features, so a sweep computes them once."""
+        other = EvalContext(self.pipe, options, feature_extractor=self._extractor, judge=self._judge,
+                            judge_cache=self._judge_cache, judge_recipe=self._judge_recipe)  # fmt: skip
+        other._shared = self._shared or self
+        return other
 
     # -- the model --------------------------------------------------------------------------------
 
@@ -135,6 +144,8 @@ class EvalContext:
 
     def real(self, split: str) -> tuple[Tensor, Tensor | None]:
         """The model's dataset at its size and channels: images `[N, C, H, W]`, labels `[N]` or None."""
+        if self._shared is not None:
+            return self._shared.real(split)
         if split not in self._real:
             from ..data import load_dataset
 
@@ -157,6 +168,8 @@ class EvalContext:
 
     def judge(self) -> Judge:
         """The classifier trained on the model's dataset (cached on disk, trained on first use)."""
+        if self._judge is None and self._shared is not None:
+            self._judge = self._shared.judge()
         if self._judge is None:
             train_x, train_y = self.real("train")
             test_x, test_y = self.real("test")
@@ -187,6 +200,8 @@ class EvalContext:
 
     def features(self, key: str, images: Tensor) -> Tensor:
         """Features `[N, D]` of `images` under the extractor in use, memoised under `key`."""
+        if key != "samples" and self._shared is not None:  # real data: computed once, by the shared context
+            return self._shared.features(key, images)
         if key not in self._features:
             fn = self._extractor or self.judge().features
             self._features[key] = torch.as_tensor(fn(images)).detach().to("cpu", torch.float64)

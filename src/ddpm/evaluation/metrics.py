@@ -36,12 +36,14 @@ class MetricResult:
 
 @dataclass(frozen=True)
 class Metric:
-    """A named metric: `compute(ctx)` and `unavailable(ctx)` -> None, or the reason it does not apply."""
+    """A named metric: `compute(ctx)` and `unavailable(ctx)` -> None, or the reason it does not apply;
+    `reads_samples`: whether it scores the generated samples (a sampler sweep skips those that do not)."""
 
     name: str
     compute: Callable[[EvalContext], MetricResult]
     description: str
     unavailable: Callable[[EvalContext], str | None] = lambda ctx: None
+    reads_samples: bool = True
 
 
 METRICS: dict[str, Metric] = {}
@@ -217,4 +219,5 @@ register_metric(
 register_metric(
     Metric("fd", _fd, "Fréchet distance in judge features, beside its real-data floor", _fd_unavailable)
 )
-register_metric(Metric("bpd", _bpd, "bits/dim (variational bound) on held-out real images", _bpd_unavailable))
+register_metric(Metric("bpd", _bpd, "bits/dim (variational bound) on held-out real images", _bpd_unavailable,
+                       reads_samples=False))  # fmt: skip

@@ -43,6 +43,11 @@ SAMPLER_DISPLAY_NAMES = {
     "euler_a": "Euler a",
     "heun": "Heun",
     "dpmpp_2m": "DPM++ 2M",
+    "dpmpp_3m": "DPM++ 3M",
+    "dpmpp_2m_sde": "DPM++ 2M SDE",
+    "unipc": "UniPC",
+    "unipc_3": "UniPC",  # A1111 sets UniPC's order in its settings, not in the name
+    "lms": "LMS",
 }
 
 
@@ -170,8 +175,8 @@ def _quote(value: Any) -> str:
 def format_parameters(meta: Mapping[str, Any]) -> str:
     """The A1111-style "parameters" text for one generated image's metadata dict.
 
-    Reads the keys `prompt`, `negative_prompt`, `steps`, `sampler`, `karras`, `guidance_scale`, `seed`,
-    `width`, `height`, `model_hash`, `model`, `strength` (img2img/inpaint: "Denoising strength") and
+    Reads the keys `prompt`, `negative_prompt`, `steps`, `sampler`, `karras`, `exponential`, `guidance_scale`,
+    `seed`, `width`, `height`, `model_hash`, `model`, `strength` (img2img/inpaint: "Denoising strength") and
     `clip_skip` (ours counts skipped layers; the web UIs' "Clip skip" counts from 1, so it is ours + 1);
     further keys stay in the "ddpm" JSON chunk only.
     """
@@ -183,7 +188,8 @@ def format_parameters(meta: Mapping[str, Any]) -> str:
         fields.append(("Steps", meta["steps"]))
     if meta.get("sampler"):
         name = SAMPLER_DISPLAY_NAMES.get(meta["sampler"], meta["sampler"])
-        fields.append(("Sampler", name + (" Karras" if meta.get("karras") else "")))
+        suffix = " Karras" if meta.get("karras") else " Exponential" if meta.get("exponential") else ""
+        fields.append(("Sampler", name + suffix))
     if meta.get("guidance_scale") is not None:
         fields.append(("CFG scale", _number(meta["guidance_scale"])))
     if meta.get("seed") is not None:

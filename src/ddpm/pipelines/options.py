@@ -40,6 +40,7 @@ class SamplingOptions:
     steps: int | None = None
     spacing: str | None = None
     karras: bool = False
+    exponential: bool = False
     guidance_scale: float | None = None
     eta: float = 0.0
     seed: int | None = None
@@ -56,8 +57,11 @@ class SamplingOptions:
         _whole(self.clip_skip, "clip_skip", 0)
         if self.seed is not None and self.seed > SEED_LIMIT:
             raise ValueError(f"seed must be at most 2^63 - 1, got {self.seed}")
-        if not isinstance(self.karras, bool):
-            raise ValueError(f"karras must be True or False, got {self.karras!r}")
+        for name in ("karras", "exponential"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.karras and self.exponential:
+            raise ValueError("karras and exponential are two sigma schedules; choose one of them")
         for name in ("guidance_scale", "eta"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
@@ -72,5 +76,6 @@ def image_metadata(o: SamplingOptions, num: int, **fields: Any) -> list[dict[str
     """One metadata dict per image of a call with complete options `o`: `fields`, how it was sampled and
     its seed (image i: seed + i); the dict a PNG carries and a call regenerates the image from."""
     base = {**fields, "sampler": o.sampler, "steps": o.steps, "spacing": o.spacing, "karras": o.karras,
+            "exponential": o.exponential,
             "eta": float(o.eta), "guidance_scale": o.guidance_scale}
     return [{**base, "seed": int(o.seed or 0) + i} for i in range(num)]

@@ -367,13 +367,15 @@ class PixelPipeline:
                           guidance_scale=o.guidance_scale, cond=cond, uncond=uncond, clip_x0=clip_x0,
                           progress=progress, trajectory=path, callback=callback)  # fmt: skip
             if self.cold is not None:
-                if o.karras or o.eta:
-                    raise ValueError("karras and eta apply to Gaussian samplers; cold sampling has neither")
+                if o.karras or o.exponential or o.eta:
+                    raise ValueError("karras, exponential and eta apply to Gaussian samplers; cold sampling "
+                                     "has none of them")  # fmt: skip
                 shape = (stop - start, c, size, size)
                 x0 = generate_batch(self.unet, self.cold, shape, gens, device=self.device,
                                     sample_options=common)
             else:
-                x0 = sample(self.unet, noise, schedule=self.schedule, karras=o.karras, prediction=prediction,
+                x0 = sample(self.unet, noise, schedule=self.schedule, karras=o.karras,
+                            exponential=o.exponential, prediction=prediction,
                             eta=o.eta, generator=gens, **common)
             images.append(x0.float().clamp(-1, 1).cpu())
             if path is not None:

@@ -51,12 +51,14 @@ def blending_unet(
     steps_offset: int,
     karras: bool,
     final_sigma: str,
+    exponential: bool = False,
 ) -> Callable[..., Tensor]:
     """A 4-channel UNet seeing x_t with its kept region replaced by z_0 noised to the call's level; the
     condition `blend` `[B, 9, h, w]` holds (z_0, n, m)."""
     # the very grid ddpm.sample walks, so the blend reads each call's noise level from it
     grid = sampler_grid(
-        sampler, schedule, steps, spacing, steps_offset=steps_offset, karras=karras, final_sigma=final_sigma
+        sampler, schedule, steps, spacing, steps_offset=steps_offset, karras=karras, exponential=exponential,
+        final_sigma=final_sigma,
     )
     levels = [(float(t), float(ab)) for t, ab in zip(grid.timesteps.tolist(), grid.alpha_bars.tolist())]
     levels.append((0.0, float(grid.alpha_bars[-1])))  # the terminal point (Heun may evaluate there)

@@ -84,7 +84,7 @@ def generation_kwargs(meta: Mapping[str, Any]) -> dict[str, Any]:
             "pass the same latents to regenerate it"
         )
     out = {k: meta[k] for k in ("prompt", "negative_prompt", "height", "width")}
-    out["options"] = SamplingOptions(**{k: meta[k] for k in keys})
+    out["options"] = SamplingOptions(**{k: meta[k] for k in keys}, exponential=bool(meta.get("exponential")))
     if meta.get("mode") in ("img2img", "inpaint"):
         out["strength"] = meta["strength"]
     return out
@@ -393,7 +393,7 @@ class StableDiffusion:
                 model = blending_unet(
                     self._unet_call, self.schedule, sampler=sampler, steps=steps, spacing=spacing,
                     steps_offset=self.scheduler.steps_offset, karras=o.karras,
-                    final_sigma=final_sigma,
+                    exponential=o.exponential, final_sigma=final_sigma,
                 )  # fmt: skip
         # inpainting at strength 1 starts from pure noise; img2img always from the noised init
         start = None if mode == "inpaint" and strength >= 1.0 else init
@@ -403,6 +403,7 @@ class StableDiffusion:
             model, noise, schedule=self.schedule, sampler=sampler, steps=steps, spacing=spacing,
             steps_offset=self.scheduler.steps_offset, final_sigma=final_sigma,
             prediction=self.scheduler.prediction, eta=float(o.eta), karras=o.karras,
+            exponential=o.exponential,
             guidance_scale=float(o.guidance_scale or 0), cond=c, uncond=u, generator=gens,
             progress=call.progress, callback=call.callback, init=start,
             strength=strength if start is not None else 1.0,

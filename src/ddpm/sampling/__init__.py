@@ -4,6 +4,11 @@
 | -------------------- | ------------------------------------ | ------------------------------------------- |
 | DPM++ 2M             | `sampler="dpmpp_2m"`                 | DPMSolverMultistep (dpmsolver++, order 2)   |
 | DPM++ 2M Karras      | `sampler="dpmpp_2m", karras=True`    | same with use_karras_sigmas=True            |
+| DPM++ 3M             | `sampler="dpmpp_3m"`                 | DPMSolverMultistep (dpmsolver++, order 3)   |
+| DPM++ 2M SDE         | `sampler="dpmpp_2m_sde"`             | DPMSolverMultistep (sde-dpmsolver++)        |
+| … Exponential        | `exponential=True` (any sampler)     | use_exponential_sigmas=True                 |
+| UniPC                | `sampler="unipc"` (order 2; `unipc_3`: order 3) | UniPCMultistep (bh2)             |
+| LMS                  | `sampler="lms"`                      | LMSDiscrete (order 4)                       |
 | Euler                | `sampler="euler"`                    | EulerDiscrete                               |
 | Euler a              | `sampler="euler_a"`                  | EulerAncestralDiscrete                      |
 | Heun                 | `sampler="heun"`                     | HeunDiscrete                                |

@@ -18,10 +18,12 @@ from .ancestral import ddpm
 from .cold import Restorer, cold, cold_direct, cold_naive, level_grid
 from .ddim import ddim
 from .denoiser import AlphaBars, Denoiser
-from .dpm_solver import dpmpp_2m
+from .dpm_solver import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
 from .euler import euler, euler_a, heun
 from .grid import GRIDS, Grid
+from .lms import lms
 from .plms import plms
+from .unipc import unipc, unipc_3
 
 __all__ = ["sample", "StepCallback", "SAMPLERS", "COLD_SAMPLERS", "GAUSSIAN_SAMPLERS", "sampler_grid"]
 
@@ -40,6 +42,11 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "euler_a": euler_a,
     "heun": heun,
     "dpmpp_2m": dpmpp_2m,
+    "dpmpp_3m": dpmpp_3m,
+    "dpmpp_2m_sde": dpmpp_2m_sde,
+    "unipc": unipc,
+    "unipc_3": unipc_3,
+    "lms": lms,
     "cold": cold,
     "cold_naive": cold_naive,
     "cold_direct": cold_direct,
@@ -55,6 +62,11 @@ _FAMILIES = {
     "euler_a": _Family("sigma", True, True),
     "heun": _Family("sigma", True, False),
     "dpmpp_2m": _Family("dpm", False, False),
+    "dpmpp_3m": _Family("dpm", False, False),
+    "dpmpp_2m_sde": _Family("dpm", False, True),
+    "unipc": _Family("dpm", False, False),  # UniPCMultistepScheduler builds DPM-Solver's grid
+    "unipc_3": _Family("dpm", False, False),
+    "lms": _Family("sigma", True, False),
 }
 
 
@@ -66,13 +78,15 @@ def sampler_grid(
     *,
     steps_offset: int = 0,
     karras: bool = False,
+    exponential: bool = False,
     final_sigma: str = "zero",
 ) -> Grid:
     """The step grid `ddpm.sample` walks for `sampler` (each family builds it as its diffusers twin does)."""
     if sampler not in _FAMILIES:
         raise ValueError(f"unknown Gaussian sampler {sampler!r}; choose one of {list(GAUSSIAN_SAMPLERS)}")
     build = GRIDS[_FAMILIES[sampler].grid]
-    return build(schedule, steps, spacing, steps_offset=steps_offset, karras=karras, final_sigma=final_sigma)
+    return build(schedule, steps, spacing, steps_offset=steps_offset, karras=karras, exponential=exponential,
+                 final_sigma=final_sigma)  # fmt: skip
 
 
 def _start(
@@ -113,6 +127,7 @@ def sample(
     prediction: str | None = None,
     eta: float = 0.0,
     karras: bool = False,
+    exponential: bool = False,
     guidance_scale: float = 1.0,
     cond: Conditions = None,
     uncond: Conditions = None,
@@ -132,7 +147,8 @@ def sample(
     """Draw x0 `[B, C, …]` from `model(x_t, t, **cond)`, starting at the standard-normal x_T = `noise`.
 
     sampler: one of SAMPLERS; spacing: `leading`/`linspace`/`trailing` (with `steps_offset`, e.g. 1 for
-    SD 1.x's leading grid); steps: None = 20; karras: Karras et al. 2022 sigmas; prediction: what the model
+    SD 1.x's leading grid); steps: None = 20; karras: Karras et al. 2022 sigmas; exponential: log-evenly
+    spaced sigmas (A1111's "Exponential"; not with karras); prediction: what the model
     outputs (eps, the default; x0, v; a 2C-channel output adds Improved DDPM's learned variance); eta: DDIM's
     noise (ddim only); variance: ddpm's `fixed_small`/`fixed_large`/`learned` (None: learned iff the model
     has 2C channels); clip_x0: None, `static` ([-1, 1]) or `dynamic` (Imagen's percentile thresholding) on
@@ -171,7 +187,8 @@ def sample(
     work = torch.float32 if noise.dtype in (torch.float16, torch.bfloat16) else noise.dtype
     if sampler in COLD_SAMPLERS:
         _check_cold_call(sampler, degradation, schedule=schedule, prediction=prediction, eta=eta,
-                         karras=karras, steps_offset=steps_offset, final_sigma=final_sigma, variance=variance,
+                         karras=karras, exponential=exponential, steps_offset=steps_offset,
+                         final_sigma=final_sigma, variance=variance,
                          init=init, strength=strength)  # fmt: skip
         x = _sample_cold(model_fn, noise.to(work), sampler=sampler, degradation=degradation, steps=steps,
                          spacing=spacing, start_level=start_level, clip_x0=clip_x0, model_dtype=noise.dtype,
@@ -196,9 +213,8 @@ def sample(
             f"variance applies to the ddpm sampler only (got variance={variance!r} with {sampler!r})"
         )
     family = _FAMILIES[sampler]
-    grid = sampler_grid(
-        sampler, schedule, steps, spacing, steps_offset=steps_offset, karras=karras, final_sigma=final_sigma
-    )
+    grid = sampler_grid(sampler, schedule, steps, spacing, steps_offset=steps_offset, karras=karras,
+                        exponential=exponential, final_sigma=final_sigma)  # fmt: skip
     grid, x = _start(grid, noise.to(work), init, strength, steps, family.sigma_space)
     denoiser = Denoiser(
         model_fn, grid, prediction=prediction, clip_x0=clip_x0, like=x, model_dtype=noise.dtype
@@ -293,8 +309,9 @@ def _check_cold_call(sampler: str, degradation: Any, **given: Any) -> None:
         )
     wrong = [key for key, default in (("schedule", None), ("variance", None), ("init", None))
              if given[key] is not default]  # fmt: skip
-    wrong += [key for key, default in (("eta", 0.0), ("karras", False), ("steps_offset", 0),
-              ("final_sigma", "zero"), ("strength", 1.0)) if given[key] != default]  # fmt: skip
+    defaults = (("eta", 0.0), ("karras", False), ("exponential", False), ("steps_offset", 0),
+                ("final_sigma", "zero"), ("strength", 1.0))  # fmt: skip
+    wrong += [key for key, default in defaults if given[key] != default]
     if wrong:
         raise ValueError(
             f"{', '.join(k + '=' for k in wrong)} applies to the Gaussian samplers only, not to sampler="

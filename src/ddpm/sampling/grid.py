@@ -18,9 +18,11 @@ gives the same grid as there (Lin et al. 2024, Table 2, for the names):
 - `dpm` (dpmpp_2m; DPMSolverMultistepScheduler): `linspace` and `leading` are built from steps + 1 points
   with the last (t = 0) dropped, because the solver's final step goes to sigma = 0 anyway.
 
-With `karras=True` the sigma family spans the sigmas of its spacing's first and last point; the
-discrete and dpm families span the whole schedule (sigma(0) … sigma(T-1)) and give the network the
-nearest integer timestep.
+With `karras=True` (Karras et al. 2022, Eq. 5) or `exponential=True` (log sigma evenly spaced) the sigma
+family spans the sigmas of its spacing's first and last point; the discrete and dpm families span the whole
+schedule (sigma(0) … sigma(T-1)) and give the network the nearest integer timestep. (diffusers' DPM-Solver
+and UniPC schedulers round the timesteps of a Karras grid but truncate those of an exponential one; we
+round both.)
 Zero-terminal-SNR schedules have sigma(T-1) = inf; the sigma and dpm families replace alpha_bar = 0
 there by 2^-24 as diffusers does, the discrete family keeps alpha_bar = 0 (fine for v and x0 models).
 """
@@ -35,7 +37,7 @@ from torch import Tensor
 from .. import schedules
 from ..schedules import DiscreteSchedule
 
-__all__ = ["Grid", "FINAL_SIGMAS", "discrete_grid", "sigma_grid", "dpm_grid", "GRIDS"]
+__all__ = ["Grid", "FINAL_SIGMAS", "discrete_grid", "sigma_grid", "dpm_grid", "GRIDS", "sigma_schedule"]
 
 FINAL_SIGMAS = ("zero", "sigma_min")
 _ZERO_SNR_ALPHA_BAR = 2.0**-24
@@ -99,10 +101,19 @@ def _finish(
     return Grid(timesteps, sigmas, alpha_bars, init_sigma)
 
 
-def _karras(
-    sigma_max: float, sigma_min: float, steps: int, table: Tensor, round_t: bool
+def sigma_schedule(karras: bool, exponential: bool) -> str | None:
+    """The name in `schedules.SIGMA_SCHEDULES` that `karras` / `exponential` choose (None: the spacing's own
+    levels); ValueError for both."""
+    if karras and exponential:
+        raise ValueError("karras and exponential are two sigma schedules; choose one of them")
+    return "karras" if karras else "exponential" if exponential else None
+
+
+def _spaced(
+    kind: str, sigma_max: float, sigma_min: float, steps: int, table: Tensor, round_t: bool
 ) -> tuple[Tensor, Tensor]:
-    sig = schedules.karras_sigmas(sigma_min, sigma_max, steps)
+    """`steps` levels of the sigma schedule `kind` from sigma_max to sigma_min and their timesteps."""
+    sig = schedules.SIGMA_SCHEDULES[kind](sigma_min, sigma_max, steps)
     t = schedules.timestep_at(table, sig)
     return sig, (t.round().to(torch.int64) if round_t else t.to(torch.float32))
 
@@ -114,14 +125,16 @@ def discrete_grid(
     *,
     steps_offset: int = 0,
     karras: bool = False,
+    exponential: bool = False,
     final_sigma: str = "zero",
 ) -> Grid:
     """Integer timesteps of `schedules.timesteps` (DDPM/DDIM/PNDM); sampling starts from x_T itself."""
     _check(schedule, steps, spacing, final_sigma)
+    kind = sigma_schedule(karras, exponential)
     ab_table, sig_table = _table(schedule, clamp_zero_snr=False)
-    if karras:
+    if kind is not None:
         sig_c = _table(schedule, clamp_zero_snr=True)[1]
-        sig, t = _karras(float(sig_c[-1]), float(sig_c[0]), steps, sig_c, round_t=True)
+        sig, t = _spaced(kind, float(sig_c[-1]), float(sig_c[0]), steps, sig_c, round_t=True)
         ab = schedules.alpha_bar_from_sigma(sig)
     else:
         t = schedules.timesteps(schedule.num_timesteps, steps, spacing, steps_offset=steps_offset)
@@ -146,17 +159,19 @@ def sigma_grid(
     *,
     steps_offset: int = 0,
     karras: bool = False,
+    exponential: bool = False,
     final_sigma: str = "zero",
 ) -> Grid:
     """Float timesteps with linearly interpolated sigmas (Euler/Heun discrete schedulers); x_T is scaled by
     `init_sigma`: sigma_0 for `linspace`/`trailing`, sqrt(1 + sigma_0^2) for `leading` (diffusers'
     init_noise_sigma; the exact VP-to-VE factor is sqrt(1 + sigma_0^2), 0.2% more at SD's sigma_0 = 14.6)."""
     _check(schedule, steps, spacing, final_sigma)
+    kind = sigma_schedule(karras, exponential)
     _, sig_table = _table(schedule, clamp_zero_snr=True)
     t = _float_grid(schedule.num_timesteps, steps, spacing, steps_offset)
     sig = schedules.sigma_at(sig_table, t.double())
-    if karras:
-        sig, t = _karras(float(sig[0]), float(sig[-1]), steps, sig_table, round_t=False)
+    if kind is not None:
+        sig, t = _spaced(kind, float(sig[0]), float(sig[-1]), steps, sig_table, round_t=False)
     s0 = float(sig[0])
     init_sigma = s0 if spacing in ("linspace", "trailing") else (s0**2 + 1) ** 0.5
     return _finish(t, sig, schedules.alpha_bar_from_sigma(sig), schedule, final_sigma, init_sigma)
@@ -169,15 +184,17 @@ def dpm_grid(
     *,
     steps_offset: int = 0,
     karras: bool = False,
+    exponential: bool = False,
     final_sigma: str = "zero",
 ) -> Grid:
     """Integer timesteps of DPMSolverMultistepScheduler (linspace and leading: steps + 1 points, t = 0
     dropped)."""
     _check(schedule, steps, spacing, final_sigma)
+    kind = sigma_schedule(karras, exponential)
     T = schedule.num_timesteps
     ab_table, sig_table = _table(schedule, clamp_zero_snr=True)
-    if karras:
-        sig, t = _karras(float(sig_table[-1]), float(sig_table[0]), steps, sig_table, round_t=True)
+    if kind is not None:
+        sig, t = _spaced(kind, float(sig_table[-1]), float(sig_table[0]), steps, sig_table, round_t=True)
         return _finish(t, sig, schedules.alpha_bar_from_sigma(sig), schedule, final_sigma, init_sigma=1.0)
     if spacing == "linspace":
         t = torch.linspace(0, T - 1, steps + 1, dtype=torch.float64).round().flip(0)[:-1]

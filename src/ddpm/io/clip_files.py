@@ -14,12 +14,17 @@ import torch
 from torch import Tensor
 
 from ..models.clip_vision import CLIPModel, CLIPVisionConfig, CLIPVisionModelWithProjection
+from ..models.contrastive import ContrastiveConfig, ContrastiveModel
 from ..models.text_encoder import CLIPTextConfig
 from ..text.clip_tokenizer import CLIPTokenizer
+from ..text.word_tokenizer import WordTokenizer
 from .checkpoint import load_state_dict
 from .keymaps import clip_from_transformers, strip_prefix
+from .model_file import load_model_file
+from .model_meta import ModelMeta
+from .run_folder import run_model_file
 
-__all__ = ["load_clip", "load_clip_vision", "read_clip_weights"]
+__all__ = ["load_clip", "load_clip_vision", "read_clip_weights", "load_contrastive_file"]
 
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 _INDEX = "model.safetensors.index.json"
@@ -92,3 +97,22 @@ def load_clip(path: str | Path) -> tuple[CLIPModel, CLIPTokenizer]:
     model = model.to_empty(device="cpu")
     _load(model, clip_from_transformers(read_clip_weights(folder)), folder)
     return model.eval(), tokenizer
+
+
+def load_contrastive_file(path: str | Path) -> tuple[ContrastiveModel, WordTokenizer, ModelMeta]:
+    """The encoders, word tokenizer and metadata of a contrastive model file (run.task = "contrastive"),
+    in eval mode; a file of another kind is a ValueError that says what it holds."""
+    if Path(path).is_dir():  # a run folder: its latest checkpoint's EMA weights
+        path = run_model_file(path)
+    tensors, raw = load_model_file(path)
+    meta = ModelMeta.from_dict(raw, source=str(path))
+    if meta.kind != "contrastive":
+        raise ValueError(f"{path} is a {meta.kind} model, not contrastive encoders (train those with "
+                         '[run] task = "contrastive")')
+    section = meta.contrastive or {}
+    model = ContrastiveModel(ContrastiveConfig.from_dict(section["model"]))
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"the weights of {path} do not fit its metadata: missing {missing[:6]}, "
+                         f"unexpected {unexpected[:6]}")
+    return model.eval(), WordTokenizer.from_dict(section["tokenizer"]), meta

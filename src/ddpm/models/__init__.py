@@ -4,6 +4,7 @@ SD-1.x text tower; `CLIPVisionModelWithProjection` CLIP's image tower, `CLIPMode
 
 from .autoencoder import AutoencoderKL, AutoencoderKLConfig, DiagonalGaussian
 from .clip_vision import CLIPModel, CLIPVisionConfig, CLIPVisionModelWithProjection
+from .contrastive import ContrastiveConfig, ContrastiveModel
 from .text_encoder import CLIPTextConfig, CLIPTextModel, CLIPTextOutput
 from .unet import UNet, UNetConfig
 
@@ -16,6 +17,8 @@ __all__ = [
     "CLIPModel",
     "CLIPVisionConfig",
     "CLIPVisionModelWithProjection",
+    "ContrastiveConfig",
+    "ContrastiveModel",
     "DiagonalGaussian",
     "UNet",
     "UNetConfig",

@@ -62,6 +62,8 @@ def main() -> None:
     p.add_argument("--clip-steps", type=int, default=800)
     p.add_argument("--t2i-steps", type=int, default=1200)
     p.add_argument("--model", help="a trained shapes text-to-image model instead of training one")
+    p.add_argument("--scorer", help="one more contrastive model (file or run folder, e.g. a full "
+                   "configs/shapes_clip.toml run) to measure in (a) and rerank with in (b)")
     p.add_argument("--num", type=int, default=200, help="scenes per split for retrieval")
     p.add_argument("--prompts", type=int, default=40, help="two-object prompts per split for reranking")
     p.add_argument("--candidates", type=int, default=8)
@@ -85,9 +87,9 @@ def main() -> None:
         runs[name] = _trained(cfg, args.clip_steps)
     retrieval = {}
     for name, run in runs.items():
-        model, tok, _ = load_contrastive_file(run)
+        model, tok, meta = load_contrastive_file(run)
         retrieval[name] = evaluate_retrieval(model, tok, num=args.num)
-        print(f"\n{name} ({args.clip_steps} steps, batch 64):\n{format_retrieval(retrieval[name])}")
+        print(f"\n{name} ({meta.training.step} steps, batch 64):\n{format_retrieval(retrieval[name])}")
 
     # ------------------------------------------------------------------------------ (b) reranking
     if args.model:
@@ -101,6 +103,13 @@ def main() -> None:
             "rephrase = true}"])
         print(f"\n(b) training the text-to-image model ({s} steps of configs/shapes_txt2img.toml)")
         t2i = _trained(cfg, s)
+    if args.scorer:  # measured now, when (b) needs it: a run still training gives its latest checkpoint
+        model, tok, meta = load_contrastive_file(args.scorer)
+        name = f"{Path(args.scorer).name}@{meta.training.step}"
+        runs[name] = Path(args.scorer)
+        print(f"\n(a) {name} ({meta.training.step} steps, hard negatives "
+              f"{meta.contrastive.get('hard_negatives')}):\n"
+              f"{format_retrieval(evaluate_retrieval(model, tok, num=args.num))}")
     pipe = PixelPipeline.load(t2i, device="cpu")
     k = args.candidates
     prompts, groups = [], []

@@ -68,3 +68,31 @@ def test_txt2img_reranks_candidates_with_a_contrastive_model(tmp_path, capsys):
     assert main(["txt2img", "--model", str(t2i), prompt, "--rerank", str(clip), "--out",
                  str(tmp_path / "o3")]) == 2
     assert "go together" in capsys.readouterr().err
+
+
+def test_sd_txt2img_reranks_too(tmp_path, capsys):
+    from ddpm.io.sd import StableDiffusionModels, save_single_file
+    from ddpm.io.sd_layout import SchedulerConfig
+    from ddpm.models.autoencoder import AutoencoderKL, AutoencoderKLConfig
+    from ddpm.models.text_encoder import CLIPTextConfig, CLIPTextModel
+    from ddpm.models.unet import UNet, UNetConfig
+    from ddpm.text import CLIPTokenizer
+
+    torch.manual_seed(0)
+    unet = UNet(UNetConfig.sd15(model_channels=32, channel_mult=(1, 2), attention_resolutions=(1,),
+                                num_res_blocks=1, context_dim=64))
+    with torch.no_grad():
+        unet.out[-1].weight.normal_(0, 0.05)
+    vae = AutoencoderKL(AutoencoderKLConfig.sd15(base_channels=32, channel_mult=(1, 2), num_res_blocks=1))
+    text = CLIPTextModel(CLIPTextConfig(width=64, layers=1, heads=1, intermediate=64))
+    models = StableDiffusionModels(unet, vae, text, CLIPTokenizer.from_bpe_file(), SchedulerConfig(), "", "")
+    sd = save_single_file(models, tmp_path / "tiny-sd.safetensors")
+    clip = train(load_config(CLIP_TOML, [*CLIP, f"run.dir={str(tmp_path)!r}", "run.name=clip"]),
+                 progress=False)
+    assert main(["txt2img", "--model", str(sd), "a red circle", "--size", "16x16", "--steps", "2",
+                 "--candidates", "3", "--num", "1", "--rerank", str(clip), "--out", str(tmp_path / "o"),
+                 "--quiet"]) == 0, capsys.readouterr().err
+    files = sorted((tmp_path / "o").glob("*.png"))
+    meta = json.loads(read_png_metadata(files[0])["ddpm"])
+    assert len(files) == 1 and len(meta["rerank"]["candidates"]) == 3
+    assert meta["rerank"]["score"] == max(c["score"] for c in meta["rerank"]["candidates"])

@@ -107,11 +107,17 @@ def run_sd(args: argparse.Namespace, mode: str) -> int:
     from ..io.images import save_generated
     from ..pipelines.stable_diffusion import StableDiffusion
 
+    scorer = None
+    if getattr(args, "rerank", None):
+        from ..pipelines.rerank import load_scorer
+
+        scorer = load_scorer(args.rerank)
     pipe = StableDiffusion.load(model, device=_opt(args, "device"), dtype=_opt(args, "dtype"),
                                 compile=bool(_opt(args, "compile")), vae_tile=_opt(args, "vae_tile"))
     kw: dict[str, Any] = dict(
         negative_prompt=_opt(args, "negative") or "", options=sampling_options(args),
-        num_images=_opt(args, "num"), batch_size=_opt(args, "batch_size"), progress=not _opt(args, "quiet"),
+        num_images=getattr(args, "candidates", None) or _opt(args, "num"),
+        batch_size=_opt(args, "batch_size"), progress=not _opt(args, "quiet"),
     )  # fmt: skip
     size = _opt(args, "size")
     if size is not None:
@@ -127,8 +133,13 @@ def run_sd(args: argparse.Namespace, mode: str) -> int:
         result = pipe.inpaint(args.image, args.mask, prompt, strength=args.strength, **kw)
     else:
         raise ValueError(f"unknown SD mode {mode!r}")
+    images, metadata = result.images, result.metadata
+    if scorer is not None:
+        from ..pipelines.rerank import rerank
+
+        images, metadata = rerank(images, metadata, scorer, keep=_opt(args, "num"))
     start = _next_index(out) if out.is_dir() else 0
-    paths, _ = save_generated(out, result.images, result.metadata, start=start, name="{index:05d}-{seed}.png")
+    paths, _ = save_generated(out, images, metadata, start=start, name="{index:05d}-{seed}.png")
     for path in paths:
         print(path)
     note = result.metadata[0].get("prompt_note")

@@ -11,7 +11,10 @@ from typing import Any
 from . import UsageError
 from ._common import add_sampling_args, check_out_file, load_pipeline, positive_int, sampling_options
 
-HELP = "measure a model: fd (vs its floor), class accuracy, bits/dim, fid (vs --reference)"
+HELP = ("measure a model: fd (vs its floor), class accuracy, bits/dim, fid (vs --reference); clip-score "
+        "of images; retrieval")
+# Metrics of files rather than of a pixel model's samples: they take their own inputs.
+FILE_METRICS = ("clip-score", "retrieval")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -21,9 +24,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=HELP + ". fd and accuracy use features and predictions of a small classifier trained "
         "once on the model's dataset (cached); the fd floor is the distance between two disjoint sets of "
         "real images of the same size and class mix, so fd/floor near 1 means as close as real data gets.",
-        epilog="example: ddpm eval --model runs/demo --metric fd,accuracy --num 1000 --out metrics.json",
+        epilog="examples: ddpm eval --model runs/demo --metric fd,accuracy --num 1000 --out metrics.json; "
+        "ddpm eval --metric clip-score --clip clip-vit-large-patch14/ --images out/",
     )
-    p.add_argument("--model", required=True, help="a run folder (runs/NAME) or a model .safetensors file")
+    p.add_argument("--model", help="a run folder (runs/NAME) or a model .safetensors file (for retrieval: a "
+                   "contrastive model file)")
+    p.add_argument("--clip", metavar="FOLDER",
+                   help="clip-score: a transformers CLIP folder (config.json, model.safetensors, vocab.json, "
+                   "merges.txt), e.g. openai/clip-vit-large-patch14")
+    p.add_argument("--images", nargs="+", metavar="PNG",
+                   help="clip-score: generated PNGs or folders of them (prompts read from their metadata)")
     p.add_argument("--metric", default="all", help="comma-separated metrics (default: all that apply)")
     p.add_argument("--out", help="also write the results as JSON to this file")
     p.add_argument("--bpd-num", type=positive_int, default=100,
@@ -87,6 +97,12 @@ def run(args: argparse.Namespace) -> int:
         results_to_dict,
     )
 
+    wanted = [m.strip() for m in args.metric.split(",") if m.strip()]
+    if any(m in FILE_METRICS for m in wanted):
+        return _file_metrics(args, wanted, out)
+    if args.model is None:
+        raise UsageError("--model is required (a run folder or a model file) for the metrics "
+                         f"{args.metric}; only {', '.join(FILE_METRICS)} take other inputs")
     names = parse_metrics(args.metric)  # check the names before loading anything
     options = EvalOptions(
         num=args.num, seed=args.seed, sampling=sampling_options(args).replace(seed=None),
@@ -131,13 +147,16 @@ def _run_sweep(args: argparse.Namespace) -> int:
         nfes = [int(n) for n in args.sweep_nfe.split(",") if n.strip()]
     except ValueError:
         raise UsageError(f"--sweep-nfe takes comma-separated integers, got {args.sweep_nfe!r}") from None
+    if args.model is None:
+        raise UsageError("--sweep needs --model, the run folder or model file whose samplers are compared")
+    fid = _fid_options(args)  # --metric fid: the reference and weights are checked before any sampling
     out = check_out_folder(args.out or "sweep")
     from ..evaluation import SWEEP_SAMPLERS, EvalContext, EvalOptions, sweep
 
     samplers = [s.strip() for s in (args.sweep_samplers or "").split(",") if s.strip()] or SWEEP_SAMPLERS
     options = EvalOptions(
         num=args.num, seed=args.seed, sampling=sampling_options(args).replace(seed=None),
-        batch_size=args.batch_size, fd_repeats=args.fd_repeats, progress=False,
+        batch_size=args.batch_size, fd_repeats=args.fd_repeats, progress=False, **fid,
     )  # fmt: skip
     pipe = load_pipeline(args.model)
     metrics = None if args.metric == "all" else args.metric
@@ -146,4 +165,47 @@ def _run_sweep(args: argparse.Namespace) -> int:
                    log=None if args.quiet else print)  # fmt: skip
     print(result.files["md"].read_text())
     print(f"({time.perf_counter() - start:.0f} s) wrote " + ", ".join(str(p) for p in result.files.values()))
+
+
+def _file_metrics(args: argparse.Namespace, wanted: list[str], out: Any) -> int:
+    """clip-score (images against their prompts) and retrieval (a contrastive model on `shapes`)."""
+    other = [m for m in wanted if m not in FILE_METRICS]
+    if other:
+        raise UsageError(f"{', '.join(FILE_METRICS)} are measured on their own inputs; run "
+                         f"{', '.join(other)} in a separate ddpm eval call")
+    if "clip-score" in wanted and (args.clip is None or not args.images):
+        raise UsageError("--metric clip-score needs --clip FOLDER (a CLIP model) and --images PNG… (or "
+                         "folders of PNGs)")
+    if "retrieval" in wanted and args.model is None:
+        raise UsageError("--metric retrieval needs --model, a contrastive model file (ddpm train with "
+                         '[run] task = "contrastive")')
+    from ..evaluation.harness import format_table, results_to_dict
+
+    start = time.perf_counter()
+    results = {}
+    if "clip-score" in wanted:
+        from ..evaluation.clip_score import clip_preprocess_sizes, image_paths, score_pngs
+        from ..io.clip_files import load_clip
+
+        paths = image_paths(args.images)
+        model, tokenizer = load_clip(args.clip)
+        size, crop = clip_preprocess_sizes(args.clip, model.vision.config.image_size)
+        results["clip-score"] = score_pngs(model, tokenizer, paths, size=size, crop=crop,
+                                           batch_size=args.batch_size)
+    if "retrieval" in wanted:
+        from ..evaluation.retrieval import evaluate_retrieval_file
+
+        results["retrieval"] = evaluate_retrieval_file(args.model, num=args.num, seed=args.seed)
+    seconds = time.perf_counter() - start
+    print(format_table(results))
+    for result in results.values():
+        if "table" in result.details:
+            print(result.details["table"])
+    print(f"({seconds:.1f} s)")
+    if out is not None:
+        blob = {"model": args.model, "clip": args.clip, "seconds": seconds,
+                "metrics": results_to_dict(results)}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(blob, indent=2) + "\n")
+        print(f"wrote {out}")
     return 0

@@ -68,8 +68,11 @@ def run(args: argparse.Namespace) -> int:
     except TrainingDiverged as error:  # its message says what to change and where to resume from
         raise UsageError(str(error)) from error
     print(f"run folder: {run_dir}")
-    if load_config(Path(run_dir) / "config.toml").run.task == "autoencoder":
+    task = load_config(Path(run_dir) / "config.toml").run.task
+    if task == "autoencoder":
         print(f"next: ddpm export {run_dir} --out {Path(run_dir) / 'vae.safetensors'}")
+    elif task == "contrastive":
+        print(f"next: ddpm eval --metric retrieval --model {run_dir}")
     else:
         print(f"next: ddpm sample --model {run_dir} --out {Path(run_dir) / 'samples' / 'final'}")
     return 0

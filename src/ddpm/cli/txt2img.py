@@ -16,7 +16,14 @@ from typing import Any
 
 from . import UsageError
 from ._cascade import add_upscaler_args, run_cascade
-from ._common import add_sampling_args, check_out_folder, model_kind, non_negative_int, sampling_options
+from ._common import (
+    add_sampling_args,
+    check_out_folder,
+    model_kind,
+    non_negative_int,
+    positive_int,
+    sampling_options,
+)
 from ._sd import parse_size
 
 HELP = "generate images from a text prompt (PNGs with metadata and a grid)"
@@ -40,6 +47,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--negative", default="", metavar="PROMPT", help="negative prompt (replaces the empty one)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--candidates", type=positive_int, metavar="N",
+                   help="with --rerank: generate N images (seeds seed … seed+N-1) and keep the --num best")
+    p.add_argument("--rerank", metavar="MODEL",
+                   help="score candidates against the prompt with this CLIP folder or contrastive model file "
+                   "(DALL·E's reranking); scores go into each PNG's metadata")
     add_sampling_args(p, num=4)
     add_upscaler_args(p)
     sd = p.add_argument_group("Stable Diffusion checkpoints only (defaults: SD 1.x's)")
@@ -58,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from ._sd import run_sd_txt2img
 
     kind = model_kind(args.model)  # a missing or unreadable path fails here, before options are judged
+    check_rerank_args(args)
     if kind in ("sd", "pickle"):
         if args.upscaler:
             raise UsageError("--upscaler chains ddpm pixel models; a Stable Diffusion checkpoint cannot be "
@@ -84,11 +97,31 @@ def run(args: argparse.Namespace) -> int:
     from ..pipelines import PixelPipeline
 
     options = sampling_options(args)
+    scorer = None
+    if args.rerank:
+        from ..pipelines.rerank import load_scorer
+
+        scorer = load_scorer(args.rerank)  # before generating: a bad reranker fails in seconds
     pipe = PixelPipeline.load(args.model)
     images, metas = pipe.generate(
-        args.num, prompts=args.prompt, negative_prompt=args.negative, options=options,
+        args.candidates or args.num, prompts=args.prompt, negative_prompt=args.negative, options=options,
         batch_size=args.batch_size, progress=not args.quiet,
     )  # fmt: skip
+    if scorer is not None:
+        from ..pipelines.rerank import rerank
+
+        images, metas = rerank(images, metas, scorer, keep=args.num)
+        print("kept " + ", ".join(f"seed {m['seed']} ({m['rerank']['score']:.2f})" for m in metas)
+              + f" of {args.candidates} candidates")
     _, grid_path = save_generated(out, images, metas, grid_nrow=math.ceil(math.sqrt(args.num)))
     print(f"wrote {args.num} images and {grid_path}")
     return 0
+
+
+def check_rerank_args(args: argparse.Namespace) -> None:
+    """--candidates and --rerank go together, and there are at least --num candidates."""
+    if (args.candidates is None) != (args.rerank is None):
+        raise UsageError("--candidates N and --rerank MODEL go together: generate N, keep the --num best")
+    if args.candidates is not None and args.candidates < args.num:
+        raise UsageError(f"--candidates {args.candidates} is fewer than --num {args.num}; generate at least "
+                         "as many candidates as images to keep")

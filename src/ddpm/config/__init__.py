@@ -3,7 +3,8 @@
 A config file has the sections below; every key is optional and defaults to the value shown by
 `ddpm.config.dump_config(Config())`.
 
-    [run]        name, dir, task                 -> the run folder dir/name; task "diffusion" or "autoencoder"
+    [run]        name, dir, task                 -> the run folder dir/name; task "diffusion", "autoencoder"
+                                                    or "contrastive"
     [data]       dataset, image_size, channels, flip, condition, cond_drop_prob, num_workers
     [model]      the fields of `ddpm.models.UNetConfig`
     [diffusion]  schedule, num_timesteps, beta_start, beta_end, zero_terminal_snr, prediction,
@@ -13,6 +14,7 @@ A config file has the sections below; every key is optional and defaults to the 
     [sample]     sampler, steps, guidance_scale, num (the preview grid written while training)
     [text]       text-conditioning settings (see `TextConfig`)
     [autoencoder] the KL autoencoder trained when run.task = "autoencoder" (see `AutoencoderTrainConfig`)
+    [contrastive] the CLIP-style encoders of run.task = "contrastive" (see `ContrastiveTrainConfig`)
 
 TOML has no null: an optional key that is absent takes its default; write the string "none" to set an
 optional key to None explicitly (e.g. `--set diffusion.min_snr_gamma=none`).
@@ -25,6 +27,7 @@ from .choices import TASKS, TIMESTEP_SAMPLINGS
 from .run import (
     AutoencoderTrainConfig,
     Config,
+    ContrastiveTrainConfig,
     DataConfig,
     DiffusionConfig,
     RunConfig,
@@ -43,6 +46,7 @@ __all__ = [
     "SampleConfig",
     "TextConfig",
     "AutoencoderTrainConfig",
+    "ContrastiveTrainConfig",
     "TASKS",
     "TIMESTEP_SAMPLINGS",
     "load_config",

@@ -13,6 +13,7 @@ from .choices import (
     COLD_SAMPLER_NAMES,
     CONDITIONS,
     DEGRADATION_NAMES,
+    HARD_NEGATIVES,
     LOAD_KEYWORDS,
     LR_SCHEDULES,
     MIXED_PRECISION,
@@ -33,13 +34,16 @@ __all__ = [
     "SampleConfig",
     "TextConfig",
     "AutoencoderTrainConfig",
+    "ContrastiveTrainConfig",
 ]
 
 
 @dataclass
 class RunConfig:
     """Where the run lives: `dir/name/`, and what it trains: "diffusion" (a UNet, [model] and [diffusion])
-    or "autoencoder" (a KL autoencoder, [autoencoder]; see `ddpm.training.tasks.autoencoder`)."""
+    or "autoencoder" (a KL autoencoder, [autoencoder]; see `ddpm.training.tasks.autoencoder`) or
+    "contrastive" (CLIP-style image and text encoders, [contrastive] and [text]; see
+    `ddpm.training.tasks.contrastive`)."""
 
     name: str = "run"
     dir: str = "runs"
@@ -293,6 +297,40 @@ class AutoencoderTrainConfig:
 
 
 @dataclass
+class ContrastiveTrainConfig:
+    """The encoders of run.task = "contrastive" (CLIP, Radford et al. 2021, Sec. 2.3), trained with the
+    symmetric InfoNCE loss and a learned temperature, initialised at `temperature` (CLIP: 0.07).
+
+    The image encoder is a small ViT of CLIP's layout (`ddpm.models.CLIPVisionModelWithProjection`):
+    `patch_size`, `width`, `layers`, `heads`, `mlp_ratio`; both towers project to `embed_dim`. The text
+    encoder is the project's word transformer, set by [text]. `hard_negatives` adds, for each shapes
+    caption, the edited captions of those kinds (colours swapped, shapes swapped, relation reversed) as
+    extra negatives of its image (NegCLIP, Yuksekgonul et al. 2023, Sec. 4); empty: plain CLIP."""
+
+    patch_size: int = 4
+    width: int = 64
+    layers: int = 3
+    heads: int = 4
+    mlp_ratio: int = 4
+    embed_dim: int = 64
+    temperature: float = 0.07
+    hard_negatives: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for key in ("patch_size", "width", "layers", "heads", "mlp_ratio", "embed_dim"):
+            value = getattr(self, key)
+            need(isinstance(value, int) and value >= 1, f"contrastive.{key} must be a positive integer; "
+                 f"got {value!r}")
+        need(self.width % self.heads == 0,
+             f"contrastive.heads ({self.heads}) must divide contrastive.width ({self.width})")
+        need(0 < self.temperature < 1 and math.isfinite(self.temperature),
+             f"contrastive.temperature must lie in (0, 1); got {self.temperature}")
+        self.hard_negatives = tuple(self.hard_negatives)
+        for kind in self.hard_negatives:
+            choice("contrastive", "hard_negatives", kind, HARD_NEGATIVES)
+
+
+@dataclass
 class Config:
     """A whole run: the sections of a config file (see the module docstring)."""
 
@@ -304,6 +342,7 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     text: TextConfig = field(default_factory=TextConfig)
     autoencoder: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
+    contrastive: ContrastiveTrainConfig = field(default_factory=ContrastiveTrainConfig)
 
     def __post_init__(self) -> None:
         cold, sampler = self.diffusion.cold, self.sample.sampler

@@ -57,6 +57,8 @@ __all__ = [
     "shapes_dataset",
     "alignment_scenes",
     "alignment_prompts",
+    "NEGATIVE_KINDS",
+    "hard_negatives",
 ]
 
 # Saturated colours on black, at least ~135 apart in RGB, so blur and generation noise do not blend them.
@@ -430,3 +432,26 @@ def alignment_prompts(split: str = "seen", n: int = 200, seed: int = 0) -> list[
     """Prompt suite of the alignment metric: one- and two-object captions (alternating) of seen or held-out
     combinations; deterministic in (split, n, seed)."""
     return [s.caption for s in alignment_scenes(split, n, seed)]
+
+
+NEGATIVE_KINDS: tuple[str, ...] = ("colour", "shape", "relation")
+
+
+def hard_negatives(prompt: str | Prompt) -> dict[str, str | None]:
+    """The false captions of a two-object caption that keep its words and change one binding (the test
+    of Yuksekgonul et al. 2023, "bag of words", on this grammar): "colour" swaps the two objects' colours,
+    "shape" their shapes, "relation" reverses the relation (A left of B -> A right of B). A kind is None
+    where it would give back the same caption (equal colours or shapes) or the caption has one object."""
+    p = parse_prompt(prompt) if isinstance(prompt, str) else prompt
+    out: dict[str, str | None] = dict.fromkeys(NEGATIVE_KINDS)
+    if p.relation is None:
+        return out
+    a, b = p.objects
+    if a.colour != b.colour:
+        swapped = (ObjectPrompt(b.colour, a.shape, a.size), ObjectPrompt(a.colour, b.shape, b.size))
+        out["colour"] = Prompt(swapped, p.relation).text
+    if a.shape != b.shape:
+        swapped = (ObjectPrompt(a.colour, b.shape, a.size), ObjectPrompt(b.colour, a.shape, b.size))
+        out["shape"] = Prompt(swapped, p.relation).text
+    out["relation"] = Prompt(p.objects, _INVERSE[p.relation]).text
+    return out

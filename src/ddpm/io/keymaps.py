@@ -29,6 +29,18 @@ stores the attention projections as 1x1 convs `[C, C, 1, 1]`, diffusers as Linea
 
 Older diffusers files name attention leaves `query/key/value/proj_attn`; those read too. The text encoder
 needs no table: our names are the transformers names (`text_keys`).
+
+CLIP (`CLIP_PARTS`): a transformers CLIP file (`CLIPModel`, `CLIPVisionModelWithProjection`,
+`CLIPTextModelWithProjection`) has up to five top-level parts; each sits under one module of our
+`models.clip_vision.CLIPModel` and keeps the transformers names below it:
+
+| transformers          | ours                          |
+| --------------------- | ----------------------------- |
+| `text_model.`         | `text.text_model.`            |
+| `text_projection.`    | `text_projection.`            |
+| `vision_model.`       | `vision.vision_model.`        |
+| `visual_projection.`  | `vision.visual_projection.`   |
+| `logit_scale`         | `logit_scale`                 |
 """
 
 from __future__ import annotations
@@ -66,6 +78,9 @@ __all__ = [
     "vae_to_single_file",
     "vae_from_single_file",
     "text_keys",
+    "CLIP_PARTS",
+    "clip_from_transformers",
+    "clip_to_transformers",
 ]
 
 
@@ -350,3 +365,37 @@ def text_keys(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
         if key != "text_model.embeddings.position_ids":
             out[key] = v
     return out
+
+
+# ------------------------------------------------------------------------------------------------- CLIP
+CLIP_PARTS = {"text_model.": "text.text_model.", "text_projection.": "text_projection.",
+              "vision_model.": "vision.vision_model.", "visual_projection.": "vision.visual_projection.",
+              "logit_scale": "logit_scale"}
+_CLIP_BUFFERS = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
+
+
+def _move_parts(sd: Mapping[str, Tensor], parts: Mapping[str, str], *, what: str) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    unknown = []
+    for key, value in sd.items():
+        head = next((p for p in parts if key.startswith(p)), None)
+        if head is None:
+            unknown.append(key)
+        else:
+            out[parts[head] + key[len(head):]] = value
+    if unknown:
+        raise ValueError(f"{what}: {unknown[:8]}{' …' if len(unknown) > 8 else ''}")
+    return out
+
+
+def clip_from_transformers(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A transformers CLIP state dict (whole model or one tower) in our `CLIPModel` names, without the
+    `position_ids` buffers older files carry."""
+    kept = {k: v for k, v in sd.items() if k not in _CLIP_BUFFERS}
+    return _move_parts(kept, CLIP_PARTS, what="keys that are not parts of a transformers CLIP model")
+
+
+def clip_to_transformers(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Our `CLIPModel` state dict (or a part of it) in the transformers `CLIPModel` names."""
+    back = {ours: theirs for theirs, ours in CLIP_PARTS.items()}
+    return _move_parts(sd, back, what="keys that are not parts of our CLIPModel")

@@ -2,7 +2,9 @@
 
     {"format": "ddpm.model", "version": 1,
      "unet": UNetConfig.to_dict(),                      a diffusion model, or
-     "autoencoder": AutoencoderKLConfig.to_dict(),      a KL autoencoder
+     "autoencoder": AutoencoderKLConfig.to_dict(),      a KL autoencoder, or
+     "contrastive": {"model": ContrastiveConfig.to_dict(), "tokenizer": WordTokenizer.to_dict()},
+                                                        CLIP-style encoders (run.task = "contrastive")
      "diffusion": {"schedule", "prediction", "learned_variance", "degradation", "start"},
      "data": {"dataset", "image_size", "channels", "class_names", "options", "seed"},
      "conditioning": {"type", "num_classes", "text_encoder"},
@@ -165,16 +167,19 @@ class TrainingMeta:
 
 _SECTIONS = {"diffusion": DiffusionMeta, "data": DataMeta, "conditioning": ConditioningMeta,
              "sampling": SamplingMeta, "training": TrainingMeta}
+_MODELS = ("unet", "autoencoder", "contrastive")  # exactly one: what the file's weights are
 _EXTRA = ("scaling_factor_estimated_on",)  # free-text notes a file may carry
 _COLD_FIELDS = {("diffusion", "degradation"), ("diffusion", "start")}
 
 
 @dataclass(frozen=True)
 class ModelMeta:
-    """A model file's metadata: a diffusion model (`unet` set) or an autoencoder (`autoencoder` set)."""
+    """A model file's metadata: a diffusion model (`unet` set), an autoencoder (`autoencoder` set) or
+    contrastive encoders (`contrastive` set)."""
 
     unet: dict[str, Any] | None = None
     autoencoder: dict[str, Any] | None = None
+    contrastive: dict[str, Any] | None = None
     diffusion: DiffusionMeta | None = None
     data: DataMeta = field(default_factory=DataMeta)
     conditioning: ConditioningMeta = field(default_factory=ConditioningMeta)
@@ -197,28 +202,30 @@ class ModelMeta:
         if not isinstance(version, int) or version > VERSION:
             raise ValueError(f"{source or 'this file'} is a version {version!r} model file; this ddpm reads "
                              f"up to version {VERSION}. Upgrade ddpm to load it")
-        known = {"format", "version", "unet", "autoencoder", *_SECTIONS, *_EXTRA}
+        known = {"format", "version", *_MODELS, *_SECTIONS, *_EXTRA}
         unknown = sorted(set(d) - known)
         if unknown:
             raise _fail(where, f"has unknown section(s) {unknown} (known: {sorted(known)})")
-        if ("unet" in d) == ("autoencoder" in d):
-            raise _fail(where, "must hold exactly one of the sections 'unet' (a diffusion model) and "
-                        "'autoencoder'")
+        if sum(name in d for name in _MODELS) != 1:
+            raise _fail(where, "must hold exactly one of the sections 'unet' (a diffusion model), "
+                        "'autoencoder' and 'contrastive'")
         if "unet" in d and "diffusion" not in d:
             raise _fail(where, "lacks the 'diffusion' section a diffusion model needs")
-        for name in ("unet", "autoencoder"):
+        for name in _MODELS:
             if name in d and not isinstance(d[name], dict):
                 raise _fail(f"{where} section {name!r}", "must be a JSON object")
+        if "contrastive" in d and not {"model", "tokenizer"} <= set(d["contrastive"]):
+            raise _fail(f"{where} section 'contrastive'", "lacks its 'model' or 'tokenizer' entry")
         sections = {name: _section(t, d[name], f"{where} section {name!r}".strip())
                     for name, t in _SECTIONS.items() if name in d}
-        return cls(unet=d.get("unet"), autoencoder=d.get("autoencoder"),
+        return cls(unet=d.get("unet"), autoencoder=d.get("autoencoder"), contrastive=d.get("contrastive"),
                    notes={k: d[k] for k in _EXTRA if k in d},
                    given={name: tuple(d[name]) for name in sections}, **sections)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON dict a model file stores (the inverse of `from_dict`)."""
         out: dict[str, Any] = {"format": FORMAT, "version": VERSION}
-        for name in ("unet", "autoencoder"):
+        for name in _MODELS:
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         for name, fields in self.given.items():
@@ -229,7 +236,9 @@ class ModelMeta:
     # -------------------------------------------------------------------------------------- questions
     @property
     def kind(self) -> str:
-        """"diffusion" or "autoencoder"."""
+        """"diffusion", "autoencoder" or "contrastive"."""
+        if self.contrastive is not None:
+            return "contrastive"
         return "autoencoder" if self.autoencoder is not None else "diffusion"
 
     @property

@@ -1,8 +1,10 @@
 """ddpm.models: one architecture per file. `UNet` / `UNetConfig` cover the DDPM/ADM pixel models and the
 Stable Diffusion 1.x latent UNet; `AutoencoderKL` is the SD-layout KL autoencoder; `CLIPTextModel` the
-SD-1.x text tower."""
+SD-1.x text tower; `CLIPVisionModelWithProjection` CLIP's image tower, `CLIPModel` both."""
 
 from .autoencoder import AutoencoderKL, AutoencoderKLConfig, DiagonalGaussian
+from .clip_vision import CLIPModel, CLIPVisionConfig, CLIPVisionModelWithProjection
+from .contrastive import ContrastiveConfig, ContrastiveModel
 from .text_encoder import CLIPTextConfig, CLIPTextModel, CLIPTextOutput
 from .unet import UNet, UNetConfig
 
@@ -12,6 +14,11 @@ __all__ = [
     "CLIPTextConfig",
     "CLIPTextModel",
     "CLIPTextOutput",
+    "CLIPModel",
+    "CLIPVisionConfig",
+    "CLIPVisionModelWithProjection",
+    "ContrastiveConfig",
+    "ContrastiveModel",
     "DiagonalGaussian",
     "UNet",
     "UNetConfig",

@@ -21,15 +21,14 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config.base import DictConfig
-from ..nn.attention import merge_heads, split_heads
+from ..nn.clip_layers import CLIP_ACTIVATIONS, CLIPEncoder
 
 __all__ = ["CLIPTextConfig", "CLIPTextModel", "CLIPTextOutput", "ACTIVATIONS"]
 
-ACTIVATIONS = ("quick_gelu", "gelu")
+ACTIVATIONS = CLIP_ACTIVATIONS
 _LEGACY_EOS_ID = 2  # transformers configs saved before mid-2023 say 2 and mean "pool at argmax(ids)"
 
 
@@ -121,66 +120,12 @@ class _Embeddings(nn.Module):
         return self.token_embedding(input_ids) + self.position_embedding(positions)
 
 
-class _SelfAttention(nn.Module):
-    """Multi-head self-attention with a causal mask (each token sees itself and the tokens before it)."""
-
-    def __init__(self, config: CLIPTextConfig) -> None:
-        super().__init__()
-        self.heads = config.heads
-        self.k_proj = nn.Linear(config.width, config.width)
-        self.v_proj = nn.Linear(config.width, config.width)
-        self.q_proj = nn.Linear(config.width, config.width)
-        self.out_proj = nn.Linear(config.width, config.width)
-
-    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        q, k, v = (split_heads(proj(x), self.heads) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        if mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.out_proj(merge_heads(out))
-
-
-class _MLP(nn.Module):
-    def __init__(self, config: CLIPTextConfig) -> None:
-        super().__init__()
-        self.act = config.act
-        self.fc1 = nn.Linear(config.width, config.intermediate)
-        self.fc2 = nn.Linear(config.intermediate, config.width)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.fc1(x)
-        # quick-GELU is CLIP's sigmoid approximation x * sigmoid(1.702 x) (Hendrycks & Gimpel 2016, Sec. 2).
-        x = x * torch.sigmoid(1.702 * x) if self.act == "quick_gelu" else F.gelu(x)
-        return self.fc2(x)
-
-
-class _EncoderLayer(nn.Module):
-    """Pre-LN block: x + attn(LN(x)), then x + MLP(LN(x))."""
-
-    def __init__(self, config: CLIPTextConfig) -> None:
-        super().__init__()
-        self.self_attn = _SelfAttention(config)
-        self.layer_norm1 = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
-        self.mlp = _MLP(config)
-        self.layer_norm2 = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
-
-    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        x = x + self.self_attn(self.layer_norm1(x), mask)
-        return x + self.mlp(self.layer_norm2(x))
-
-
-class _Encoder(nn.Module):
-    def __init__(self, config: CLIPTextConfig) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(_EncoderLayer(config) for _ in range(config.layers))
-
-
 class _TextTransformer(nn.Module):
     def __init__(self, config: CLIPTextConfig) -> None:
         super().__init__()
         self.embeddings = _Embeddings(config)
-        self.encoder = _Encoder(config)
+        self.encoder = CLIPEncoder(config.layers, config.width, config.heads, config.intermediate,
+                                   act=config.act, eps=config.layer_norm_eps, causal=True)
         self.final_layer_norm = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
 
 
@@ -210,14 +155,7 @@ class CLIPTextModel(nn.Module):
         tm = self.text_model
         nn.init.normal_(tm.embeddings.token_embedding.weight, std=0.02)
         nn.init.normal_(tm.embeddings.position_embedding.weight, std=0.01)
-        for layer in tm.encoder.layers:
-            a, m = layer.self_attn, layer.mlp
-            for linear, std in ((a.q_proj, attn_std), (a.k_proj, attn_std), (a.v_proj, attn_std),
-                                (a.out_proj, proj_std), (m.fc1, fc_std), (m.fc2, proj_std)):
-                nn.init.normal_(linear.weight, std=std)
-                nn.init.zeros_(linear.bias)
-            for norm in (layer.layer_norm1, layer.layer_norm2):
-                norm.reset_parameters()
+        tm.encoder.reset_parameters(attn_std=attn_std, proj_std=proj_std, fc_std=fc_std)
         tm.final_layer_norm.reset_parameters()
 
     def forward(

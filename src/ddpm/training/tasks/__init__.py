@@ -12,14 +12,16 @@ from ...io.model_meta import ModelMeta
 from .autoencoder import AutoencoderTask
 from .base import Task
 from .cold import ColdDiffusionTask
+from .contrastive import ContrastiveTask
 from .diffusion import DiffusionModule, DiffusionTask, resolve_unet_config
 from .super_resolution import SuperResolutionModule, SuperResolutionTask
 
 __all__ = ["Task", "DiffusionTask", "ColdDiffusionTask", "SuperResolutionTask", "SuperResolutionModule",
-           "AutoencoderTask", "DiffusionModule",
+           "AutoencoderTask", "ContrastiveTask", "DiffusionModule",
            "resolve_unet_config", "TASKS", "register_task", "make_task", "task_of_file"]
 
-TASKS: dict[str, type[Task]] = {"diffusion": DiffusionTask, "autoencoder": AutoencoderTask}
+TASKS: dict[str, type[Task]] = {"diffusion": DiffusionTask, "autoencoder": AutoencoderTask,
+                                "contrastive": ContrastiveTask}
 
 
 def register_task(name: str, cls: type[Task], *, replace: bool = False) -> None:

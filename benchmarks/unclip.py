@@ -1,0 +1,146 @@
+"""CLIP-style encoders on `shapes` and DALL·E's reranking, measured with the project's own judges.
+
+(a) Retrieval: two contrastive models train through the project's loop (`configs/shapes_clip.toml`,
+    shortened by `--clip-steps`): plain CLIP (in-batch negatives only) and NegCLIP (each caption's
+    colour-swapped, shape-swapped and relation-reversed versions added as negatives). Each is measured by
+    zero-shot image -> caption top-1 against each kind of hard negative on 200 two-object scenes of seen
+    and 200 of held-out combinations (`ddpm.evaluation.retrieval`), beside chance (50%).
+(b) Reranking 8 -> 1: a text-to-image model (`--model`, or `configs/shapes_txt2img.toml` trained here for
+    `--t2i-steps`) draws 8 candidates (seeds 0-7) for each two-object alignment prompt at guidance 1;
+    the alignment analyser (`ddpm.evaluation.alignment`) scores the candidate each reranker keeps, beside
+    the mean over all 8 (the expected accuracy of keeping an arbitrary one).
+
+The goals of issue 18: colour/shape >= 95% with relation reported beside chance; reranking +5 points of
+relation accuracy. Timings are printed, never asserted.
+
+    .venv/bin/python benchmarks/unclip.py                    # ~25 minutes on one thread
+    .venv/bin/python benchmarks/unclip.py --model runs/shapes_txt2img --clip-steps 1500
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import ddpm
+from ddpm.config import load_config
+from ddpm.data.shapes import alignment_prompts
+from ddpm.evaluation.alignment import evaluate as evaluate_alignment
+from ddpm.evaluation.retrieval import evaluate_retrieval, format_retrieval
+from ddpm.io.clip_files import load_contrastive_file
+from ddpm.io.run_folder import latest_checkpoint
+from ddpm.pipelines import PixelPipeline, SamplingOptions
+from ddpm.pipelines.rerank import load_scorer
+from ddpm.training import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _trained(config, steps: int) -> Path:
+    """The run of `config`, trained to `steps` (reused when a finished run is already there)."""
+    run = Path(config.run.dir) / config.run.name
+    try:
+        if int(latest_checkpoint(run).name.split("-")[1]) >= steps:
+            print(f"  reusing {run}")
+            return run
+    except (FileNotFoundError, ValueError, IndexError):
+        pass
+    t = time.perf_counter()
+    out = train(config, progress=False)
+    print(f"  trained {run.name}: {steps} steps in {time.perf_counter() - t:.0f} s")
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default="/tmp/ddpm-unclip-bench", help="folder for the runs (reused)")
+    p.add_argument("--clip-steps", type=int, default=800)
+    p.add_argument("--t2i-steps", type=int, default=1200)
+    p.add_argument("--model", help="a trained shapes text-to-image model instead of training one")
+    p.add_argument("--scorer", help="one more contrastive model (file or run folder, e.g. a full "
+                   "configs/shapes_clip.toml run) to measure in (a) and rerank with in (b)")
+    p.add_argument("--num", type=int, default=200, help="scenes per split for retrieval")
+    p.add_argument("--prompts", type=int, default=40, help="two-object prompts per split for reranking")
+    p.add_argument("--candidates", type=int, default=8)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    start = time.perf_counter()
+    machine = platform.processor() or platform.machine()
+    print(f"ddpm {ddpm.__version__}, torch {torch.__version__}, {machine}, {os.cpu_count()} cores, "
+          f"{args.threads} thread(s)")
+
+    # ------------------------------------------------------------------------------ (a) retrieval
+    print(f"\n(a) retrieval among hard negatives, {args.num} two-object scenes per split")
+    common = [f"run.dir={str(work)!r}", f"train.steps={args.clip_steps}",
+              f"train.checkpoint_every={args.clip_steps}", f"train.num_threads={args.threads}"]
+    runs = {}
+    for name, negs in (("clip", "[]"), ("negclip", '["colour", "shape", "relation"]')):
+        cfg = load_config(ROOT / "configs" / "shapes_clip.toml",
+                          [*common, f"run.name={name}", f"contrastive.hard_negatives={negs}"])
+        runs[name] = _trained(cfg, args.clip_steps)
+    retrieval = {}
+    for name, run in runs.items():
+        model, tok, meta = load_contrastive_file(run)
+        retrieval[name] = evaluate_retrieval(model, tok, num=args.num)
+        print(f"\n{name} ({meta.training.step} steps, batch 64):\n{format_retrieval(retrieval[name])}")
+
+    # ------------------------------------------------------------------------------ (b) reranking
+    if args.model:
+        t2i = Path(args.model)
+    else:
+        s = args.t2i_steps
+        cfg = load_config(ROOT / "configs" / "shapes_txt2img.toml", [
+            f"run.dir={str(work)!r}", "run.name=t2i", f"train.steps={s}", f"train.checkpoint_every={s}",
+            f"train.num_threads={args.threads}", "train.warmup_steps=100",
+            f"data.options={{num = 20000, pair_fraction = 0.9, lead_first_steps = {s // 2}, "
+            "rephrase = true}"])
+        print(f"\n(b) training the text-to-image model ({s} steps of configs/shapes_txt2img.toml)")
+        t2i = _trained(cfg, s)
+    if args.scorer:  # measured now, when (b) needs it: a run still training gives its latest checkpoint
+        model, tok, meta = load_contrastive_file(args.scorer)
+        name = f"{Path(args.scorer).name}@{meta.training.step}"
+        runs[name] = Path(args.scorer)
+        print(f"\n(a) {name} ({meta.training.step} steps, hard negatives "
+              f"{meta.contrastive.get('hard_negatives')}):\n"
+              f"{format_retrieval(evaluate_retrieval(model, tok, num=args.num))}")
+    pipe = PixelPipeline.load(t2i, device="cpu")
+    k = args.candidates
+    prompts, groups = [], []
+    for split in ("seen", "heldout"):
+        suite = [q for i, q in enumerate(alignment_prompts(split, 2 * args.prompts)) if i % 2 == 1]
+        prompts += suite
+        groups += [split] * len(suite)
+    t = time.perf_counter()
+    images = []
+    for q in prompts:  # candidate j of every prompt has seed j
+        x, _ = pipe.generate(k, prompts=q, options=SamplingOptions(steps=20, seed=0, guidance_scale=1.0))
+        images.append(x)
+    cand = torch.stack(images)  # [P, k, 3, H, W]
+    print(f"\n(b) reranking {k} -> 1 on {len(prompts)} two-object prompts at guidance 1 "
+          f"({len(prompts) * k} samples in {time.perf_counter() - t:.0f} s)")
+    flat_prompts = [q for q in prompts for _ in range(k)]
+    flat_groups = [g for g in groups for _ in range(k)]
+    base = evaluate_alignment(cand.flatten(0, 1), flat_prompts, flat_groups)
+    rows = {f"no reranking (mean of {k})": base}
+    for name, run in runs.items():
+        scores = load_scorer(run)(cand.flatten(0, 1), flat_prompts).view(len(prompts), k)
+        best = cand[torch.arange(len(prompts)), scores.argmax(dim=1)]
+        rows[f"reranked by {name}"] = evaluate_alignment(best, prompts, groups)
+    attrs = ("colour", "shape", "relation", "all")
+    print(f"{'':<28}" + "".join(f"{g[:4] + ' ' + a:>14}" for g in ("seen", "heldout") for a in attrs))
+    for label, rep in rows.items():
+        acc = rep.accuracy
+        cells = "".join(f"{100 * acc[g]['pair'][a]:13.1f}%" for g in ("seen", "heldout") for a in attrs)
+        print(f"{label:<28}{cells}")
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 
-import torch
+import numpy as np
 from torch import Tensor
 
 from .denoiser import Denoise, NoiseFn, step_range
@@ -52,10 +52,11 @@ def _rhos(r: list[float], hh: float, order: int, *, predictor: bool) -> list[flo
         g.append(h_phi_k * factorial / B_h)
         factorial *= j + 1
         h_phi_k = h_phi_k / hh - 1 / factorial
-    R, b = torch.tensor(rows, dtype=torch.float64), torch.tensor(g, dtype=torch.float64)
+    # A 1x1 to 3x3 system of Python floats: solved on the host in numpy, never touching the device.
+    R, b = np.array(rows, dtype=np.float64), np.array(g, dtype=np.float64)
     if predictor:  # order - 1 unknowns: the earlier points only
         R, b = R[:-1, :-1], b[:-1]
-    return torch.linalg.solve(R, b).tolist()
+    return np.linalg.solve(R, b).tolist()
 
 
 def _update(

@@ -96,7 +96,16 @@ def test_sweep_writes_the_table_and_plot_with_counted_nfe(tiny, tmp_path):
     # measured by the counting wrapper around the UNet: 2 batches (4 + 2 images), guided (one stacked call)
     assert [(runs[k].steps, runs[k].nfe) for k in sorted(runs)] == [
         (20, 20), (3, 3), (6, 6), (2, 3), (3, 5)]  # fmt: skip
-    assert {(n, seed, tuple(y)) for n, seed, y, _ in seen} == {(6, 0, (0, 0, 1, 1, 2, 2))} and len(seen) == 5
+    # each run draws images 0-5 (seeds 0-5, classes 0,0,1,1,2,2), in chunks of the batch size
+    runs_drawn, current = [], []
+    for n, seed, y, _ in seen:
+        current += [(seed + i, c) for i, c in enumerate(y)]
+        assert len(y) == n
+        if len(current) == 6:
+            runs_drawn.append(current)
+            current = []
+    assert not current and len(runs_drawn) == 5
+    assert all(run == [(0, 0), (1, 0), (2, 1), (3, 1), (4, 2), (5, 2)] for run in runs_drawn)
     assert result.metrics == ["accuracy", "fd"]  # bpd does not depend on the sampler
     for r in result.runs:
         assert 0 <= r.results["accuracy"].value <= 1 and r.results["fd"].details["floor"] > 0

@@ -135,7 +135,8 @@ def test_img2img_and_inpaint_match_the_pipeline(api, pipe):
 def test_samplers_list_has_a1111_names_and_each_runs(api, served):
     listed = api.get_samplers()
     names = [s["name"] for s in listed]
-    assert {"Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DDIM", "PLMS", "Heun"} <= set(names)
+    assert {"Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DDIM", "PLMS", "Heun", "DPM++ 3M",
+            "DPM++ 2M SDE Karras", "UniPC", "LMS"} <= set(names)
     assert all(set(s) == {"name", "aliases", "options"} for s in listed)
     for name in names:
         r = api.txt2img(prompt="x", seed=1, steps=2, sampler_name=name, **Q)

@@ -35,10 +35,17 @@ SAMPLERS: dict[str, tuple[str, bool, tuple[str, ...]]] = {
     "DDIM": ("ddim", False, ("ddim",)),
     "PLMS": ("plms", False, ("plms",)),
     "DDPM": ("ddpm", False, ("ddpm",)),
+    "DPM++ 3M": ("dpmpp_3m", False, ("k_dpmpp_3m", "dpmpp_3m")),
+    "DPM++ 3M Karras": ("dpmpp_3m", True, ("k_dpmpp_3m_ka", "dpmpp_3m_karras")),
+    "DPM++ 2M SDE": ("dpmpp_2m_sde", False, ("k_dpmpp_2m_sde", "dpmpp_2m_sde")),
+    "DPM++ 2M SDE Karras": ("dpmpp_2m_sde", True, ("k_dpmpp_2m_sde_ka", "dpmpp_2m_sde_karras")),
+    "UniPC": ("unipc", False, ("unipc",)),
+    "LMS": ("lms", False, ("k_lms", "lms")),
+    "LMS Karras": ("lms", True, ("k_lms_ka", "lms_karras")),
 }
 # A1111 1.9+'s separate `scheduler` field: None keeps the sampler name's grid.
 SCHEDULERS = {"automatic": None, "": None, "uniform": False, "karras": True}
-KARRAS_CAPABLE = ("euler", "euler_a", "heun", "dpmpp_2m")
+KARRAS_CAPABLE = ("euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "lms", "unipc")
 SEED_MAX = 2**32 - 1  # A1111's random seeds are 32-bit; any seed up to 2^53 is accepted
 _LOOKUP = {k.lower(): k for k in SAMPLERS} | {a.lower(): k for k, v in SAMPLERS.items() for a in v[2]}
 

@@ -118,6 +118,13 @@ class DiffusionTask(Task):
             "flip": torch.rand(n, generator=g) < 0.5 if self.config.data.flip else None,
         }
 
+    def model_inputs(
+        self, batch: dict[str, Any], x0: Tensor, draws: dict[str, Any], rows: slice
+    ) -> dict[str, Any]:
+        """What the module is given beside x_t and t for rows `rows` (x0 flipped as trained): the batch,
+        or for a subclass the batch and its own inputs (a super-resolution model's low-res image)."""
+        return batch
+
     def loss(
         self, forward: Callable[..., Any], batch: dict[str, Any], draws: dict[str, Any], *, rows: slice,
         part: int, autocast: Autocast,
@@ -126,12 +133,13 @@ class DiffusionTask(Task):
         dev = x0.device
         if draws["flip"] is not None:
             x0 = torch.where(draws["flip"][rows].to(dev).view(-1, 1, 1, 1), x0.flip(-1), x0)
+        inputs = self.model_inputs(batch, x0, draws, rows)
         t = draws["t"][rows]  # stays on the CPU: schedule coefficients are gathered there
         eps = draws["eps"][rows].to(dev, non_blocking=True)
         x_t = q_sample(self.schedule, x0, t, eps)
         drop = draws["drop"][rows] if draws["drop"] is not None else None
         with autocast():
-            out = forward(x_t, t.to(dev, non_blocking=True), batch, drop)
+            out = forward(x_t, t.to(dev, non_blocking=True), inputs, drop)
         return training_loss(
             out, x0=x0, x_t=x_t, t=t, eps=eps, schedule=self.schedule, prediction=diff.prediction,
             learned_variance=diff.learned_variance, min_snr_gamma=diff.min_snr_gamma,

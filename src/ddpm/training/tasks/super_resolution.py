@@ -14,7 +14,6 @@ settings travel in the UNet config of the model file (`unet.low_res`).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,6 @@ from torch import Tensor, nn
 from ...conditioning.low_res import augment, blur, downsample
 from ...io.images import make_grid, save_png
 from ...models.unet import UNet
-from ...objectives import training_loss
-from ...process import q_sample
 from .base import Autocast
 from .diffusion import DiffusionModule, DiffusionTask
 
@@ -82,27 +79,11 @@ class SuperResolutionTask(DiffusionTask):
         level = draws["aug"][rows]
         return augment(low, level, draws["aug_eps"][rows], self.schedule), level.to(x0.device)
 
-    def loss(
-        self, forward: Callable[..., Any], batch: dict[str, Any], draws: dict[str, Any], *, rows: slice,
-        part: int, autocast: Autocast,
-    ) -> Tensor:
-        diff, x0 = self.config.diffusion, batch["image"]
-        dev = x0.device
-        if draws["flip"] is not None:
-            x0 = torch.where(draws["flip"][rows].to(dev).view(-1, 1, 1, 1), x0.flip(-1), x0)
+    def model_inputs(
+        self, batch: dict[str, Any], x0: Tensor, draws: dict[str, Any], rows: slice
+    ) -> dict[str, Any]:
         z, level = self.low_res_input(x0, draws, rows)
-        t = draws["t"][rows]
-        eps = draws["eps"][rows].to(dev, non_blocking=True)
-        x_t = q_sample(self.schedule, x0, t, eps)
-        drop = draws["drop"][rows] if draws["drop"] is not None else None
-        with autocast():
-            sr_batch = {**batch, "low_res": z, "aug_level": level}
-            out = forward(x_t, t.to(dev, non_blocking=True), sr_batch, drop)
-        return training_loss(
-            out, x0=x0, x_t=x_t, t=t, eps=eps, schedule=self.schedule, prediction=diff.prediction,
-            learned_variance=diff.learned_variance, min_snr_gamma=diff.min_snr_gamma,
-            vlb_weight=diff.vlb_weight,
-        ).mean()
+        return {**batch, "low_res": z, "aug_level": level}
 
     @torch.no_grad()
     def preview(

@@ -20,6 +20,7 @@ from torch import Tensor
 from .. import process
 from ..objectives import training_loss
 from ..pipelines import PixelPipeline, SamplingOptions
+from ..pipelines.options import UNetPlacement
 from ..pipelines.sd_images import ImageInput, image_size, image_tensor
 
 __all__ = ["EditModel", "Sampling", "edit_model"]
@@ -42,7 +43,7 @@ class Sampling:
         return dict(self.__dict__)
 
 
-class EditModel:
+class EditModel(UNetPlacement):
     """A text model seen by the editing methods: `unet`, `schedule`, `prediction`, `kind` ("pixel"/"sd")."""
 
     def __init__(self, pipe: Any):
@@ -73,14 +74,6 @@ class EditModel:
         return other
 
     # ------------------------------------------------------------------------------------------ images
-    @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
-
     def image_size(self, image: ImageInput) -> tuple[int, int]:
         """(height, width) the model edits `image` at; a warning when `image` is resized to it."""
         h, w = image_size(image)

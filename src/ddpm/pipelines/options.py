@@ -14,7 +14,7 @@ import torch
 
 from ..config.choices import SAMPLER_NAMES, SPACINGS
 
-__all__ = ["SamplingOptions", "CLIP_X0", "resolve_device", "image_metadata"]
+__all__ = ["SamplingOptions", "CLIP_X0", "resolve_device", "image_metadata", "UNetPlacement"]
 
 CLIP_X0 = ("static", "dynamic", "none")  # "none": no clipping of x0_hat
 SEED_LIMIT = 2**63 - 1
@@ -79,3 +79,17 @@ def image_metadata(o: SamplingOptions, num: int, **fields: Any) -> list[dict[str
             "exponential": o.exponential,
             "eta": float(o.eta), "guidance_scale": o.guidance_scale}
     return [{**base, "seed": int(o.seed or 0) + i} for i in range(num)]
+
+
+class UNetPlacement:
+    """`device` and `dtype` of a pipeline, read off its `unet`'s parameters (where it runs, in what)."""
+
+    unet: torch.nn.Module
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype

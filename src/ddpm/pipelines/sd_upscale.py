@@ -40,7 +40,7 @@ from torch import Tensor
 
 from .. import process
 from ..io.sd_upscale import UpscalerModels, load_sd_upscaler
-from .options import SEED_LIMIT, SamplingOptions, image_metadata, resolve_device
+from .options import SEED_LIMIT, SamplingOptions, UNetPlacement, image_metadata, resolve_device
 from .prompts import encode_prompts
 from .sd_images import ImageInput, image_size, image_tensor, round_size
 from .stable_diffusion import SDResult, decode_latents, resolve_dtype
@@ -52,7 +52,7 @@ UPSCALE_DEFAULTS = {"noise_level": 20, "guidance_scale": 9.0, "steps": 20}
 DEFAULT_MAX_INPUT_PIXELS = 512 * 512  # a 2048 x 2048 output: about what a 24 GB GPU decodes in fp16
 
 
-class StableDiffusionUpscale:
+class StableDiffusionUpscale(UNetPlacement):
     """A loaded SD x4 upscaler: `upscale(image, prompt=…)` -> an `SDResult` of 4x larger images."""
 
     def __init__(self, models: UpscalerModels, *, name: str = "", vae_tile: int | None = None,
@@ -88,14 +88,6 @@ class StableDiffusionUpscale:
         return cls(models, name=Path(path).name, vae_tile=vae_tile, max_input_pixels=max_input_pixels)
 
     # ---------------------------------------------------------------------------------------- properties
-    @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
-
     @property
     def size_multiple(self) -> int:
         """Input sides must be multiples of this (the UNet's downsampling factor: 8 for the release)."""

@@ -36,7 +36,7 @@ from torch import Tensor
 from ..config.choices import SD_DEFAULTS
 from ..io.sd import StableDiffusionModels, load_stable_diffusion
 from ..sampling.api import StepCallback
-from .options import SEED_LIMIT, SamplingOptions, image_metadata, resolve_device
+from .options import SEED_LIMIT, SamplingOptions, UNetPlacement, image_metadata, resolve_device
 from .prompts import CHUNK_TOKENS, encode_prompts
 from .sd_images import ImageInput, check_size, image_size, image_tensor, mask_tensor, round_size
 from .sd_inpaint import blending_unet, inpainting_unet, latent_mask
@@ -90,7 +90,7 @@ def generation_kwargs(meta: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-class StableDiffusion:
+class StableDiffusion(UNetPlacement):
     """A loaded SD 1.x model: `txt2img`, `img2img`, `inpaint`, each returning an `SDResult`."""
 
     def __init__(
@@ -140,14 +140,6 @@ class StableDiffusion:
         )
 
     # ---------------------------------------------------------------------------------------- properties
-    @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
-
     @property
     def inpainting_model(self) -> bool:
         """Whether the UNet is SD's 9-channel inpainting UNet (latents 4, mask 1, masked-image latents 4)."""

@@ -68,6 +68,9 @@ def test_txt2img_reranks_candidates_with_a_contrastive_model(tmp_path, capsys):
     assert main(["txt2img", "--model", str(t2i), prompt, "--rerank", str(clip), "--out",
                  str(tmp_path / "o3")]) == 2
     assert "go together" in capsys.readouterr().err
+    assert main(["txt2img", "--model", str(t2i), prompt, "--candidates", "2", "--rerank", str(clip),
+                 "--upscaler", str(t2i), "--out", str(tmp_path / "o4")]) == 2
+    assert "not applied to cascades" in capsys.readouterr().err
 
 
 def test_sd_txt2img_reranks_too(tmp_path, capsys):

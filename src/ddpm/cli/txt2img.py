@@ -122,6 +122,9 @@ def check_rerank_args(args: argparse.Namespace) -> None:
     """--candidates and --rerank go together, and there are at least --num candidates."""
     if (args.candidates is None) != (args.rerank is None):
         raise UsageError("--candidates N and --rerank MODEL go together: generate N, keep the --num best")
+    if args.rerank is not None and getattr(args, "upscaler", None):
+        raise UsageError("--rerank scores one-stage generations; it is not applied to cascades (--upscaler): "
+                         "rerank the base model's images, or leave --upscaler out")
     if args.candidates is not None and args.candidates < args.num:
         raise UsageError(f"--candidates {args.candidates} is fewer than --num {args.num}; generate at least "
                          "as many candidates as images to keep")

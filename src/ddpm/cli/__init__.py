@@ -29,7 +29,7 @@ __all__ = ["COMMANDS", "main", "build_parser", "explain", "UsageError"]
 
 COMMANDS = (
     "demo", "train", "sample", "restore", "export", "eval", "data", "convert", "txt2img", "img2img",
-    "inpaint", "fid", "serve", "edit", "upscale",
+    "inpaint", "fid", "serve", "edit", "upscale", "variations",
 )
 
 BAD_INPUT, FAILED, INTERRUPTED = 2, 1, 130

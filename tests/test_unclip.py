@@ -129,6 +129,8 @@ def test_wrong_files_and_a_missing_encoder_are_clear_errors(world, tmp_path, cap
         (["txt2img", "--model", prior, "x"], "add --decoder"),
         (["txt2img", "--model", prior, "--decoder", prior, "x"], "not an unCLIP decoder"),
         (["variations", "--model", prior, str(_image(tmp_path / "in.png"))], "not an unCLIP decoder"),
+        (["sample", "--model", prior], "is an unCLIP prior: it samples image embeddings"),
+        (["sample", "--model", dec], "it draws images from image embeddings"),
     ]
     for argv, words in cases:
         assert main([*argv, "--out", str(tmp_path / "o")]) == 2, argv

@@ -136,8 +136,11 @@ class PixelPipeline:
             raise FileNotFoundError(f"no such run folder or model file: {str(path)!r}")
         tensors, raw = load_model_file(file)
         meta = ModelMeta.from_dict(raw, source=str(file))
+        if meta.kind == "prior":
+            raise ValueError(f"{file} is an unCLIP prior: it samples image embeddings, not images; use it "
+                             "with its decoder (`ddpm txt2img --model PRIOR --decoder DECODER`)")
         if meta.unet is None or meta.diffusion is None:
-            raise ValueError(f"{file} is an autoencoder, not a diffusion model; it cannot be sampled")
+            raise ValueError(f"{file} is a {meta.kind} model, not a diffusion model; it cannot be sampled")
         dev = resolve_device(device)
         unet = UNet(UNetConfig.from_dict(meta.unet))
         load_part(unet, tensors, UNET_PREFIX, file, "UNet")

@@ -301,7 +301,7 @@ def test_the_task_factory_refuses_an_unknown_task_or_a_class_that_is_no_task(tmp
     cfg = tiny_config(tmp_path, "x")
     cfg.run.task = "gan"
     with pytest.raises(ValueError, match=r"run.task = 'gan' has no training task registered \(known: "
-                       r"autoencoder, contrastive, diffusion\).*register_task"):
+                       r"autoencoder, contrastive, diffusion, unclip_prior\).*register_task"):
         make_task(cfg)
     with pytest.raises(TypeError, match="subclass of ddpm.training.Task"):
         register_task("gan", object)

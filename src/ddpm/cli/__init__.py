@@ -29,7 +29,7 @@ __all__ = ["COMMANDS", "main", "build_parser", "explain", "UsageError"]
 
 COMMANDS = (
     "demo", "train", "sample", "restore", "export", "eval", "data", "convert", "txt2img", "img2img",
-    "inpaint", "fid", "serve", "edit", "upscale",
+    "inpaint", "fid", "serve", "edit", "upscale", "variations",
 )
 
 BAD_INPUT, FAILED, INTERRUPTED = 2, 1, 130
@@ -46,12 +46,22 @@ class UsageError(ValueError):
     """A problem the user can fix that argparse cannot see (a missing option pair, a diverged run, …)."""
 
 
+class _Formatter(argparse.HelpFormatter):
+    """The help column leaves room for the longest command name (Python 3.11's argparse measures only the
+    options, so a name longer than "-h, --help" would push its help onto the next line)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog)
+        self._action_max_length = max(self._action_max_length, 4 + max(map(len, COMMANDS)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every command's sub-parser registered (each also takes --debug)."""
     from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog="ddpm",
+        formatter_class=_Formatter,
         description="Denoising diffusion models: train on your images, sample fast, measure honestly.",
         epilog="Run `ddpm <command> --help` for a command's options. Exit status: 0 done, 2 bad input, "
         "1 failed, 130/143 interrupted.",

@@ -160,6 +160,8 @@ def model_kind(path: str | Path) -> str:
     if META_KEY not in (header.get("__metadata__") or {}):
         raise UsageError(f"{neither}: it has no {META_KEY!r} metadata and no {SINGLE_FILE.unet}* tensors")
     meta = read_model_meta(path)
+    if "prior" in meta:
+        return "ddpm-prior"
     return "ddpm-" + str((meta.get("conditioning") or {}).get("type") or "none")
 
 

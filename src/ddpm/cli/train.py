@@ -73,6 +73,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"next: ddpm export {run_dir} --out {Path(run_dir) / 'vae.safetensors'}")
     elif task == "contrastive":
         print(f"next: ddpm eval --metric retrieval --model {run_dir}")
+    elif task == "unclip_prior":
+        print(f'next: ddpm txt2img --model {run_dir} --decoder DECODER "a red circle" --out '
+              f"{Path(run_dir) / 'samples' / 'final'}")
+    elif load_config(Path(run_dir) / "config.toml").data.condition == "clip_image":
+        print(f"next: ddpm variations --model {run_dir} IN.png --num 4 --out {Path(run_dir) / 'variations'}")
     else:
         print(f"next: ddpm sample --model {run_dir} --out {Path(run_dir) / 'samples' / 'final'}")
     return 0

@@ -5,7 +5,10 @@ prompt, seed, sampler, steps, guidance, size and model hash in its metadata) and
 The model kind is read from the file's content (`_common.model_kind`), before any option is judged: a
 Stable Diffusion 1.x checkpoint (diffusers folder, a single file with an SD UNet, or a pickled checkpoint,
 which the SD loader reads without running code) goes to the SD pipeline (cli/_sd.py); a ddpm model file
-whose "ddpm" metadata says "conditioning": text goes to `PixelPipeline`.
+whose "ddpm" metadata says "conditioning": text goes to `PixelPipeline`; an unCLIP prior (run.task =
+"unclip_prior") with `--decoder DECODER` goes to `pipelines.unclip.Unclip`: the prior samples an image
+embedding per seed (`--prior-steps`, `--prior-guidance`; defaults the prior file's), the decoder draws the
+image from it (the sampling options apply to the decoder).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from ._cascade import add_upscaler_args, run_cascade
 from ._common import (
     add_sampling_args,
     check_out_folder,
+    finite_float,
     model_kind,
     non_negative_int,
     positive_int,
@@ -41,7 +45,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--out out/",
     )
     p.add_argument("prompt", nargs="?", default="", help='the prompt (default "": unconditional)')
-    p.add_argument("--model", required=True, help="a run folder (runs/NAME) or a model .safetensors file")
+    p.add_argument("--model", required=True, help="a run folder (runs/NAME) or a model .safetensors file "
+                   "(an unCLIP prior with --decoder)")
+    p.add_argument("--decoder", metavar="DECODER", help="unCLIP: the decoder (run folder or model file) that "
+                   "draws images from the embeddings the --model prior samples")
+    p.add_argument("--prior-steps", type=positive_int, metavar="N", help="unCLIP: the prior's sampling steps")
+    p.add_argument("--prior-guidance", type=finite_float, metavar="SCALE",
+                   help="unCLIP: the prior's classifier-free guidance scale")
     p.add_argument("--out", required=True, help="folder for the PNGs and grid.png")
     p.add_argument(
         "--negative", default="", metavar="PROMPT", help="negative prompt (replaces the empty one)"
@@ -71,6 +81,13 @@ def run(args: argparse.Namespace) -> int:
 
     kind = model_kind(args.model)  # a missing or unreadable path fails here, before options are judged
     check_rerank_args(args)
+    if kind == "ddpm-prior" or args.decoder is not None:
+        return run_unclip(args, kind)
+    unclip_only = [f"--{n.replace('_', '-')}" for n in ("prior_steps", "prior_guidance")
+                   if getattr(args, n) is not None]
+    if unclip_only:
+        raise UsageError(f"{', '.join(unclip_only)} apply to an unCLIP prior "
+                         "(--model PRIOR --decoder DECODER)")
     if kind in ("sd", "pickle"):
         if args.upscaler:
             raise UsageError("--upscaler chains ddpm pixel models; a Stable Diffusion checkpoint cannot be "
@@ -115,6 +132,38 @@ def run(args: argparse.Namespace) -> int:
               + f" of {args.candidates} candidates")
     _, grid_path = save_generated(out, images, metas, grid_nrow=math.ceil(math.sqrt(args.num)))
     print(f"wrote {args.num} images and {grid_path}")
+    return 0
+
+
+def run_unclip(args: argparse.Namespace, kind: str) -> int:
+    """prior (--model) -> image embeddings -> decoder (--decoder) -> PNGs."""
+    if kind != "ddpm-prior":
+        raise UsageError(f"--decoder is for unCLIP: --model must then be an unCLIP prior (run.task = "
+                         f"'unclip_prior'), and {args.model} is not one")
+    if args.decoder is None:
+        raise UsageError(f"{args.model} is an unCLIP prior: it makes image embeddings, not images; add "
+                         "--decoder DECODER (a model trained with data.condition = 'clip_image')")
+    dkind = model_kind(args.decoder)
+    if dkind != "ddpm-clip_image":
+        raise UsageError(f"--decoder {args.decoder} is not an unCLIP decoder ({dkind}); train one with "
+                         "configs/shapes_unclip_decoder.toml")
+    given = [f"--{n.replace('_', '-')}" for n in ("rerank", "upscaler", *_SD_ONLY)
+             if getattr(args, n) not in (None, False, [])]
+    if given:
+        raise UsageError(f"{', '.join(given)} do not apply to unCLIP (prior -> decoder); drop them")
+    if args.negative:
+        raise UsageError("--negative does not apply to unCLIP: the decoder's guidance drops the image "
+                         "embedding, the prior's the prompt")
+    out = check_out_folder(args.out)
+    from ..io.images import save_generated
+    from ..pipelines.unclip import Unclip
+
+    pipe = Unclip.load(args.model, args.decoder)
+    images, metas = pipe.txt2img(args.prompt, args.num, options=sampling_options(args),
+                                 prior_steps=args.prior_steps, prior_guidance=args.prior_guidance,
+                                 batch_size=args.batch_size, progress=not args.quiet)
+    _, grid_path = save_generated(out, images, metas, grid_nrow=math.ceil(math.sqrt(args.num)))
+    print(f"wrote {args.num} images and {grid_path} (unCLIP: prior -> decoder)")
     return 0
 
 

@@ -15,6 +15,7 @@ A config file has the sections below; every key is optional and defaults to the 
     [text]       text-conditioning settings (see `TextConfig`)
     [autoencoder] the KL autoencoder trained when run.task = "autoencoder" (see `AutoencoderTrainConfig`)
     [contrastive] the CLIP-style encoders of run.task = "contrastive" (see `ContrastiveTrainConfig`)
+    [unclip]      unCLIP's frozen encoder and prior (data.condition = "clip_image", run.task = "unclip_prior")
 
 TOML has no null: an optional key that is absent takes its default; write the string "none" to set an
 optional key to None explicitly (e.g. `--set diffusion.min_snr_gamma=none`).
@@ -34,6 +35,7 @@ from .run import (
     SampleConfig,
     TextConfig,
     TrainConfig,
+    UnclipConfig,
 )
 from .toml import apply_overrides, config_from_dict, config_to_dict, dump_config, load_config, parse_override
 
@@ -47,6 +49,7 @@ __all__ = [
     "TextConfig",
     "AutoencoderTrainConfig",
     "ContrastiveTrainConfig",
+    "UnclipConfig",
     "TASKS",
     "TIMESTEP_SAMPLINGS",
     "load_config",

@@ -43,7 +43,9 @@ class UNetConfig(DictConfig):
     class used for classifier-free guidance. `context_dim` switches attention layers to LDM spatial
     transformers with cross-attention; at the factors in `cross_attention_only` the transformer's first
     attention attends the context too instead of the pixels (LDM's `disable_self_attentions`, diffusers'
-    `only_cross_attention`: the SD x4 upscaler has it at 2, 4 and not 8).
+    `only_cross_attention`: the SD x4 upscaler has it at 2, 4 and not 8). With `image_embed_dim` the UNet
+    is an unCLIP decoder (DALL·E 2, Ramesh et al. 2022, Sec. 2.1): an image embedding `[B, E]` is projected
+    into the timestep embedding and into `image_embed_tokens` extra cross-attention tokens.
     """
 
     in_channels: int = 3
@@ -74,6 +76,8 @@ class UNetConfig(DictConfig):
     coord_channels: bool = False
     cross_attention_only: tuple[int, ...] = ()
     low_res: dict[str, Any] | None = None
+    image_embed_dim: int | None = None
+    image_embed_tokens: int = 4
 
     def __post_init__(self) -> None:
         if self.low_res is not None:  # checked and completed, kept a JSON-able dict for model files
@@ -114,7 +118,13 @@ class UNetConfig(DictConfig):
             raise ValueError(f"UNetConfig.dropout must lie in [0, 1); got {self.dropout}")
         if self.norm_eps <= 0:
             raise ValueError(f"UNetConfig.norm_eps must be positive; got {self.norm_eps}")
-        for name in ("num_classes", "context_dim", "num_head_channels"):
+        if self.image_embed_dim is not None and self.context_dim is None:
+            raise ValueError("UNetConfig.image_embed_dim (an unCLIP decoder) needs context_dim: the "
+                             "embedding also becomes image_embed_tokens cross-attention tokens")
+        if not isinstance(self.image_embed_tokens, int) or self.image_embed_tokens < 1:
+            raise ValueError(f"UNetConfig.image_embed_tokens must be a positive integer; got "
+                             f"{self.image_embed_tokens!r}")
+        for name in ("num_classes", "context_dim", "num_head_channels", "image_embed_dim"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"UNetConfig.{name} must be None or a positive integer; got {value!r}")

@@ -12,8 +12,8 @@ SAMPLER_NAMES = ("ddpm", "ddim", "plms", "euler", "euler_a", "heun", "dpmpp_2m",
                  "unipc", "unipc_3", "lms", *COLD_SAMPLER_NAMES)
 DEGRADATION_NAMES = ("blur", "mask", "downsample", "fade", "gaussian")  # ddpm.degradations.DEGRADATIONS
 TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")  # ddpm.objectives.sample_timesteps
-CONDITIONS = ("none", "class", "text")  # ddpm.conditioning
-TASKS = ("diffusion", "autoencoder", "contrastive")  # ddpm.training tasks
+CONDITIONS = ("none", "class", "text", "clip_image")  # ddpm.conditioning
+TASKS = ("diffusion", "autoencoder", "contrastive", "unclip_prior")  # ddpm.training tasks
 HARD_NEGATIVES = ("colour", "shape", "relation")  # caption edits of ddpm.data.shapes.hard_negatives
 MIXED_PRECISION = ("auto", "no", "bf16")
 LR_SCHEDULES = ("constant", "cosine")

@@ -35,6 +35,7 @@ __all__ = [
     "TextConfig",
     "AutoencoderTrainConfig",
     "ContrastiveTrainConfig",
+    "UnclipConfig",
 ]
 
 
@@ -331,6 +332,31 @@ class ContrastiveTrainConfig:
 
 
 @dataclass
+class UnclipConfig:
+    """unCLIP (DALL·E 2, Ramesh et al. 2022) on a frozen contrastive model (`encoder`: its model file or run
+    folder, trained with run.task = "contrastive"). A decoder is a diffusion run with data.condition =
+    "clip_image" (its UNet gets the image embedding; model.image_embed_tokens sets the extra context
+    tokens); a prior is run.task = "unclip_prior", a transformer of `width`, `layers`, `heads` and
+    `mlp_ratio` that predicts the image embedding from the caption (`ddpm.models.prior`)."""
+
+    encoder: str | None = None
+    width: int = 128
+    layers: int = 4
+    heads: int = 4
+    mlp_ratio: int = 4
+
+    def __post_init__(self) -> None:
+        for key in ("width", "layers", "heads", "mlp_ratio"):
+            value = getattr(self, key)
+            need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                 f"unclip.{key} must be a positive integer; got {value!r}")
+        need(self.width % self.heads == 0,
+             f"unclip.heads ({self.heads}) must divide unclip.width ({self.width})")
+        need(self.encoder is None or isinstance(self.encoder, str),
+             f"unclip.encoder must be a path (a contrastive model file or run folder); got {self.encoder!r}")
+
+
+@dataclass
 class Config:
     """A whole run: the sections of a config file (see the module docstring)."""
 
@@ -343,6 +369,7 @@ class Config:
     text: TextConfig = field(default_factory=TextConfig)
     autoencoder: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
     contrastive: ContrastiveTrainConfig = field(default_factory=ContrastiveTrainConfig)
+    unclip: UnclipConfig = field(default_factory=UnclipConfig)
 
     def __post_init__(self) -> None:
         cold, sampler = self.diffusion.cold, self.sample.sampler

@@ -7,6 +7,7 @@ placed by the CLIP key table (`keymaps.CLIP_PARTS`).
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,12 @@ from ..text.clip_tokenizer import CLIPTokenizer
 from ..text.word_tokenizer import WordTokenizer
 from .checkpoint import load_state_dict
 from .keymaps import clip_from_transformers, strip_prefix
-from .model_file import load_model_file
+from .model_file import file_hash, load_model_file
 from .model_meta import ModelMeta
 from .run_folder import run_model_file
 
-__all__ = ["load_clip", "load_clip_vision", "read_clip_weights", "load_contrastive_file"]
+__all__ = ["load_clip", "load_clip_vision", "read_clip_weights", "load_contrastive_file",
+           "load_frozen_encoder",           "model_file_of"]
 
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 _INDEX = "model.safetensors.index.json"
@@ -116,3 +118,30 @@ def load_contrastive_file(path: str | Path) -> tuple[ContrastiveModel, WordToken
         raise ValueError(f"the weights of {path} do not fit its metadata: missing {missing[:6]}, "
                          f"unexpected {unexpected[:6]}")
     return model.eval(), WordTokenizer.from_dict(section["tokenizer"]), meta
+
+
+def model_file_of(path: str | Path) -> Path:
+    """`path` itself (a model file), or a run folder's latest EMA model file; missing: FileNotFoundError."""
+    p = Path(path)
+    if p.is_dir():
+        return run_model_file(p)
+    if not p.is_file():
+        raise FileNotFoundError(f"no such run folder or model file: {str(p)!r}")
+    return p
+
+
+def load_frozen_encoder(source: dict[str, Any], owner: str) -> tuple[ContrastiveModel, WordTokenizer]:
+    """The contrastive model (and its tokenizer) an unCLIP decoder or prior recorded in its metadata
+    (`source["path"]`, `source["hash"]`), frozen, in eval mode; a missing file is an error naming `owner`
+    and the path, a changed one (another content hash) a warning."""
+    path = source.get("path")
+    if not path or not Path(path).exists():
+        raise FileNotFoundError(f"{owner} was trained on the contrastive model {path!r} (recorded in its "
+                                "metadata), which is missing; put that file (or run folder) back at that "
+                                "path")
+    file = model_file_of(path)
+    if source.get("hash") and file_hash(file) != source["hash"]:
+        warnings.warn(f"{owner}: its image encoder {path} has changed since training (hash "
+                      f"{source['hash']} -> {file_hash(file)}); outputs may not match", stacklevel=2)
+    model, tokenizer, _ = load_contrastive_file(file)
+    return model.requires_grad_(False), tokenizer

@@ -126,6 +126,7 @@ class ConditioningMeta:
     type: str = "none"
     num_classes: int | None = None
     text_encoder: dict[str, Any] | None = None
+    image_encoder: dict[str, Any] | None = None  # "clip_image": the frozen contrastive model's path, hash
 
     def __post_init__(self) -> None:
         if self.type not in CONDITIONS:
@@ -134,6 +135,10 @@ class ConditioningMeta:
             raise ValueError(f"a class-conditional model needs num_classes >= 1, got {self.num_classes!r}")
         if self.type == "text" and not isinstance(self.text_encoder, dict):
             raise ValueError("a text-conditional model needs its text_encoder description")
+        if self.type == "clip_image" and not (isinstance(self.image_encoder, dict)
+                                              and "path" in self.image_encoder):
+            raise ValueError("an unCLIP decoder (clip_image) needs its image_encoder entry with the path of "
+                             "its contrastive model")
 
 
 @dataclass(frozen=True)
@@ -167,7 +172,7 @@ class TrainingMeta:
 
 _SECTIONS = {"diffusion": DiffusionMeta, "data": DataMeta, "conditioning": ConditioningMeta,
              "sampling": SamplingMeta, "training": TrainingMeta}
-_MODELS = ("unet", "autoencoder", "contrastive")  # exactly one: what the file's weights are
+_MODELS = ("unet", "autoencoder", "contrastive", "prior")  # exactly one: what the file's weights are
 _EXTRA = ("scaling_factor_estimated_on",)  # free-text notes a file may carry
 _COLD_FIELDS = {("diffusion", "degradation"), ("diffusion", "start")}
 
@@ -180,6 +185,7 @@ class ModelMeta:
     unet: dict[str, Any] | None = None
     autoencoder: dict[str, Any] | None = None
     contrastive: dict[str, Any] | None = None
+    prior: dict[str, Any] | None = None  # an unCLIP prior: its config and the encoder it was trained on
     diffusion: DiffusionMeta | None = None
     data: DataMeta = field(default_factory=DataMeta)
     conditioning: ConditioningMeta = field(default_factory=ConditioningMeta)
@@ -208,8 +214,8 @@ class ModelMeta:
             raise _fail(where, f"has unknown section(s) {unknown} (known: {sorted(known)})")
         if sum(name in d for name in _MODELS) != 1:
             raise _fail(where, "must hold exactly one of the sections 'unet' (a diffusion model), "
-                        "'autoencoder' and 'contrastive'")
-        if "unet" in d and "diffusion" not in d:
+                        "'autoencoder', 'contrastive' and 'prior'")
+        if ("unet" in d or "prior" in d) and "diffusion" not in d:
             raise _fail(where, "lacks the 'diffusion' section a diffusion model needs")
         for name in _MODELS:
             if name in d and not isinstance(d[name], dict):
@@ -219,6 +225,7 @@ class ModelMeta:
         sections = {name: _section(t, d[name], f"{where} section {name!r}".strip())
                     for name, t in _SECTIONS.items() if name in d}
         return cls(unet=d.get("unet"), autoencoder=d.get("autoencoder"), contrastive=d.get("contrastive"),
+                   prior=d.get("prior"),
                    notes={k: d[k] for k in _EXTRA if k in d},
                    given={name: tuple(d[name]) for name in sections}, **sections)
 
@@ -236,9 +243,11 @@ class ModelMeta:
     # -------------------------------------------------------------------------------------- questions
     @property
     def kind(self) -> str:
-        """"diffusion", "autoencoder" or "contrastive"."""
+        """"diffusion", "autoencoder", "contrastive" or "prior" (an unCLIP prior)."""
         if self.contrastive is not None:
             return "contrastive"
+        if self.prior is not None:
+            return "prior"
         return "autoencoder" if self.autoencoder is not None else "diffusion"
 
     @property

@@ -1,10 +1,12 @@
 """ddpm.models: one architecture per file. `UNet` / `UNetConfig` cover the DDPM/ADM pixel models and the
 Stable Diffusion 1.x latent UNet; `AutoencoderKL` is the SD-layout KL autoencoder; `CLIPTextModel` the
-SD-1.x text tower; `CLIPVisionModelWithProjection` CLIP's image tower, `CLIPModel` both."""
+SD-1.x text tower; `CLIPVisionModelWithProjection` CLIP's image tower, `CLIPModel` both;
+`DiffusionPrior` unCLIP's prior over image embeddings."""
 
 from .autoencoder import AutoencoderKL, AutoencoderKLConfig, DiagonalGaussian
 from .clip_vision import CLIPModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 from .contrastive import ContrastiveConfig, ContrastiveModel
+from .prior import DiffusionPrior, PriorConfig
 from .text_encoder import CLIPTextConfig, CLIPTextModel, CLIPTextOutput
 from .unet import UNet, UNetConfig
 
@@ -20,6 +22,8 @@ __all__ = [
     "ContrastiveConfig",
     "ContrastiveModel",
     "DiagonalGaussian",
+    "DiffusionPrior",
+    "PriorConfig",
     "UNet",
     "UNetConfig",
 ]

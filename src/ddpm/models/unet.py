@@ -13,6 +13,7 @@ UNet.
 | (u, v) | `coord_channels`        | two extra stem inputs: the pixel's column and row, in [-1, 1]        |
 | z      | `low_res`               | an SR model's (augmented) low-res input `[B, C_in, s, s]`            |
 | a      | `aug_level`             | its augmentation level `[B]` in [0, 1], embedded beside t            |
+| z_i    | `image_embed`           | an unCLIP decoder's image embedding `[B, image_embed_dim]`           |
 
 The layout is the one of DDPM (Ho et al. 2020, App. B) as generalised by ADM (Dhariwal & Nichol 2021) and
 LDM (Rombach et al. 2022): `input_blocks` (a stem conv, then per level `num_res_blocks` ResBlocks, each
@@ -29,7 +30,10 @@ where it is only through the zero padding at the borders. With `low_res` set the
 super-resolution model (Ho et al. 2022, Cascaded Diffusion Models; Saharia et al. 2022, Imagen): the
 low-res image is upsampled bilinearly to the input size and concatenated to x_t on the channel axis, and
 its augmentation level gets its own embedding MLP, added to the timestep embedding (as DeepFloyd IF's stage
-II does). Module names equal the Stable Diffusion
+II does). With `image_embed_dim` set the UNet is an unCLIP decoder (Ramesh et al. 2022, Sec. 2.1): the
+image embedding is projected into the timestep embedding and into `image_embed_tokens` tokens appended to
+the cross-attention context (they are the whole context where no text is given).
+Module names equal the Stable Diffusion
 single-file checkpoint keys under `model.diffusion_model.`, so loading one is a prefix strip.
 """
 
@@ -107,6 +111,11 @@ class UNet(nn.Module):
                 "(a text-conditioned model)"
             )
         self.context_emb = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_pool else None
+
+        self.image_embed_proj = self.image_embed_tokens = None
+        if cfg.image_embed_dim is not None:  # unCLIP: into the timestep embedding and k context tokens
+            self.image_embed_proj = nn.Linear(cfg.image_embed_dim, emb_dim)
+            self.image_embed_tokens = nn.Linear(cfg.image_embed_dim, cfg.image_embed_tokens * cfg.context_dim)
 
         self.aug_embed = None
         if cfg.low_res is not None:
@@ -258,10 +267,25 @@ class UNet(nn.Module):
         context: Tensor | None = None,
         low_res: Tensor | None = None,
         aug_level: Tensor | float | None = None,
+        image_embed: Tensor | None = None,
     ) -> Tensor:
         """Predict from `x [B, C_in, H, W]` at timesteps `t [B]` -> `[B, C_out, H, W]` (C_out doubles with
-        learned variance); an SR UNet also takes `low_res [B, C_in, s, s]` and `aug_level [B]`."""
+        learned variance); an SR UNet also takes `low_res [B, C_in, s, s]` and `aug_level [B]`, an unCLIP
+        decoder `image_embed [B, E]`."""
         cfg = self.config
+        z_tokens = None
+        if cfg.image_embed_dim is None:
+            if image_embed is not None:
+                raise ValueError("image_embed given to a UNet that is not an unCLIP decoder (set "
+                                 "model.image_embed_dim)")
+        else:
+            if image_embed is None or image_embed.shape != (x.shape[0], cfg.image_embed_dim):
+                got = None if image_embed is None else tuple(image_embed.shape)
+                raise ValueError(f"this UNet is an unCLIP decoder: pass image_embed [B={x.shape[0]}, "
+                                 f"{cfg.image_embed_dim}] (an image embedding of its encoder); got {got}")
+            z = image_embed.to(self.image_embed_tokens.weight.dtype)
+            z_tokens = self.image_embed_tokens(z).view(x.shape[0], cfg.image_embed_tokens, cfg.context_dim)
+            context = z_tokens if context is None else torch.cat([context, z_tokens.to(context.dtype)], 1)
         t = self._check_inputs(x, t, class_labels, context)
         a = self._check_low_res(x, low_res, aug_level)
         t_emb = timestep_embedding(
@@ -272,6 +296,8 @@ class UNet(nn.Module):
             emb = emb + self.label_emb(class_labels)
         if self.context_emb is not None:
             emb = emb + self.context_emb(context.mean(dim=1).to(emb.dtype))
+        if z_tokens is not None:
+            emb = emb + self.image_embed_proj(image_embed.to(emb.dtype))
         if a is not None:
             a_emb = timestep_embedding(a * AUG_EMBED_SCALE, cfg.model_channels,
                                        flip_sin_to_cos=cfg.flip_sin_to_cos, freq_shift=cfg.freq_shift)

@@ -71,6 +71,13 @@ def conditioner_from_meta(meta: ModelMeta, tensors: dict[str, Tensor], file: Pat
         cond = text_conditioner_from_meta(meta.conditioning.text_encoder or {})
         load_part(cond, tensors, cond.export_prefix, file, "text encoder")
         return cond
+    if meta.condition == "clip_image":
+        from ..conditioning.clip_image import ClipImageConditioner
+        from ..io.clip_files import load_frozen_encoder
+
+        source = meta.conditioning.image_encoder or {}
+        encoder, _ = load_frozen_encoder(source, f"the unCLIP decoder {file}")
+        return ClipImageConditioner(encoder, source)
     return Unconditional()
 
 
@@ -129,8 +136,11 @@ class PixelPipeline:
             raise FileNotFoundError(f"no such run folder or model file: {str(path)!r}")
         tensors, raw = load_model_file(file)
         meta = ModelMeta.from_dict(raw, source=str(file))
+        if meta.kind == "prior":
+            raise ValueError(f"{file} is an unCLIP prior: it samples image embeddings, not images; use it "
+                             "with its decoder (`ddpm txt2img --model PRIOR --decoder DECODER`)")
         if meta.unet is None or meta.diffusion is None:
-            raise ValueError(f"{file} is an autoencoder, not a diffusion model; it cannot be sampled")
+            raise ValueError(f"{file} is a {meta.kind} model, not a diffusion model; it cannot be sampled")
         dev = resolve_device(device)
         unet = UNet(UNetConfig.from_dict(meta.unet))
         load_part(unet, tensors, UNET_PREFIX, file, "UNet")
@@ -302,6 +312,44 @@ class PixelPipeline:
         return None, None
 
     @torch.no_grad()
+    def encode_images(self, images: Tensor) -> Tensor:
+        """An unCLIP decoder's conditions: the scaled embeddings `[N, E]` of images `[N, 3, S, S]` in [-1, 1]
+        by its frozen image encoder."""
+        if self.condition != "clip_image":
+            raise ValueError(f"this model is {self._kind}: it is not an unCLIP decoder, so it takes no image "
+                             "embeddings")
+        return self.conditioner.embed(images.float().to(self.device)).cpu()
+
+    def _check_embeds(self, num: int, image_embeds: Tensor | None) -> Tensor | None:
+        if self.condition != "clip_image":
+            if image_embeds is not None:
+                raise ValueError(f"this model is {self._kind}: image_embeds are for unCLIP decoders")
+            return None
+        dim = self.conditioner.embed_dim
+        if image_embeds is None:
+            raise ValueError("this model is an unCLIP decoder: it draws images from image embeddings "
+                             "(`ddpm variations`, or `ddpm txt2img --model PRIOR --decoder DECODER`)")
+        if not isinstance(image_embeds, Tensor) or image_embeds.shape != (num, dim):
+            shape = tuple(image_embeds.shape) if isinstance(image_embeds, Tensor) else type(image_embeds)
+            raise ValueError(f"image_embeds must be a tensor [{num}, {dim}] (one per image); got {shape}")
+        return image_embeds.detach().float().cpu()
+
+    @torch.no_grad()
+    def variations(
+        self, image: Tensor, num: int, *, options: SamplingOptions | None = None, batch_size: int = 64,
+        progress: bool = False,
+    ) -> tuple[Tensor, list[dict[str, Any]]]:
+        """unCLIP image variations: `num` images decoded from the embedding of `image` `[3, S, S]` (or
+        `[1, 3, S, S]`) in [-1, 1], image i from seed + i; each metadata dict records the embedding."""
+        x = image[None] if image.ndim == 3 else image
+        z = self.encode_images(x)
+        images, metas = self.generate(num, image_embeds=z.expand(num, -1).clone(), options=options,
+                                      batch_size=batch_size, progress=progress)
+        for m in metas:
+            m["image_embed"] = [round(float(v), 6) for v in z[0]]
+        return images, metas
+
+    @torch.no_grad()
     def generate(
         self,
         num: int,
@@ -316,6 +364,7 @@ class PixelPipeline:
         callback: StepCallback | None = None,
         low_res: Tensor | None = None,
         aug_level: float | None = None,
+        image_embeds: Tensor | None = None,
     ) -> tuple[Tensor, list[dict[str, Any]]]:
         """`num` images `[N, C, H, W]` in [-1, 1] (CPU, float32) and one metadata dict per image.
 
@@ -325,7 +374,8 @@ class PixelPipeline:
         model starts from its channel-means prior (`pipelines/cold.py`). `trajectory`: a list that receives
         the states x_T … x_0 of all `num` images, `[N, C, H, W]` each (see `ddpm.sample`); `callback(step,
         steps, x0_hat)` after each sampler step of each batch (raising from it stops the call). An SR model
-        takes `low_res` `[num, C, s, s]` and `aug_level` (see `upscale`).
+        takes `low_res` `[num, C, s, s]` and `aug_level` (see `upscale`); an unCLIP decoder `image_embeds`
+        `[num, E]` (scaled, as `encode_images` gives them; the null embedding is zeros).
         """
         from .. import sample
 
@@ -341,6 +391,7 @@ class PixelPipeline:
                 raise ValueError(f"got {len(low_res)} low-res images for {num} outputs; give one per image")
         elif low_res is not None:
             self.check_low_res(low_res)  # the error: not an SR model
+        embeds = self._check_embeds(num, image_embeds)
         o = self.resolve(options)
         texts, negatives = self._texts(num, prompts, negative_prompt)
         labels = self._labels(num, class_labels)
@@ -362,6 +413,10 @@ class PixelPipeline:
                 extra = self._low_res_input(low_res[start:stop], level, gens)
                 cond = {**(cond or {}), **extra}
                 uncond = {**uncond, **extra} if uncond is not None else None
+            if embeds is not None:
+                z = embeds[start:stop].to(self.device)
+                cond = {"image_embed": z}
+                uncond = {"image_embed": torch.zeros_like(z)} if guided else None
             path: list[Tensor] | None = [] if trajectory is not None else None
             common = dict(sampler=o.sampler, steps=o.steps, spacing=o.spacing,
                           guidance_scale=o.guidance_scale, cond=cond, uncond=uncond, clip_x0=clip_x0,

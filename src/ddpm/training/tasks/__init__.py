@@ -15,13 +15,14 @@ from .cold import ColdDiffusionTask
 from .contrastive import ContrastiveTask
 from .diffusion import DiffusionModule, DiffusionTask, resolve_unet_config
 from .super_resolution import SuperResolutionModule, SuperResolutionTask
+from .unclip import UnclipPriorTask
 
 __all__ = ["Task", "DiffusionTask", "ColdDiffusionTask", "SuperResolutionTask", "SuperResolutionModule",
-           "AutoencoderTask", "ContrastiveTask", "DiffusionModule",
+           "AutoencoderTask", "ContrastiveTask", "UnclipPriorTask", "DiffusionModule",
            "resolve_unet_config", "TASKS", "register_task", "make_task", "task_of_file"]
 
 TASKS: dict[str, type[Task]] = {"diffusion": DiffusionTask, "autoencoder": AutoencoderTask,
-                                "contrastive": ContrastiveTask}
+                                "contrastive": ContrastiveTask, "unclip_prior": UnclipPriorTask}
 
 
 def register_task(name: str, cls: type[Task], *, replace: bool = False) -> None:

@@ -54,6 +54,7 @@ def resolve_unet_config(config: Config, dataset: Any, conditioner: Conditioner) 
         "learned_variance": (config.diffusion.learned_variance, "diffusion.learned_variance"),
         "num_classes": (None, f"data.condition = {config.data.condition!r}"),
         "context_dim": (None, f"data.condition = {config.data.condition!r}"),
+        "image_embed_dim": (None, f"data.condition = {config.data.condition!r}"),
     }
     for k, v in conditioner.unet_fields().items():
         implied[k] = (v, f"data.condition = {config.data.condition!r}")
@@ -172,7 +173,7 @@ class DiffusionTask(Task):
             "training": TrainingMeta(step=int(step), run=cfg.run.name),
         }
         fields = {"data": ("dataset", "image_size", "channels", "class_names", "options"),
-                  "training": ("step", "run")}
+                  "training": ("step", "run"), "conditioning": tuple(self.conditioner.meta())}
         return file_meta({"unet": self.unet_config.to_dict()}, sections, fields=fields)
 
     def check_checkpoint(self, meta: dict[str, Any], *, run_dir: Path) -> None:

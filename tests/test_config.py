@@ -87,7 +87,7 @@ def test_types_and_ranges_are_checked_with_the_key_named(tmp_path):
         "train.lr=true": "train.lr must be a number",
         "data.flip=1": "data.flip must be true or false",
         "model.channel_mult=3": "model.channel_mult must be a list",
-        "data.condition=label": r"data.condition must be one of \['none', 'class', 'text'\]",
+        "data.condition=label": r"data.condition must be one of \['none', 'class', 'text', 'clip_image'\]",
         "diffusion.prediction=noise": "diffusion.prediction must be one of",
         "diffusion.timestep_sampling=beta": r"timestep_sampling must be one of \['uniform', 'logit_normal'\]",
         "diffusion.timestep_scale=0": "diffusion.timestep_scale must be positive",

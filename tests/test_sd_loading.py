@@ -9,16 +9,13 @@ every route we load, and outputs must agree to 1e-5 relative in float32 on the C
 
 from __future__ import annotations
 
-import gzip
 import json
-import math
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from ddpm.io.checkpoint import load_state_dict
 from ddpm.io.keymaps import SINGLE_FILE, ema_key, strip_prefix
@@ -32,41 +29,14 @@ from ddpm.io.sd_layout import (
 from ddpm.models.autoencoder import AutoencoderKL, AutoencoderKLConfig
 from ddpm.models.text_encoder import CLIPTextConfig, CLIPTextModel
 from ddpm.models.unet import UNet, UNetConfig
+from tiny_sd import randomize, write_tokenizer
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
 KEYS_JSON = Path(__file__).parent / "data" / "sd15_single_file_keys.json"
-BPE = Path(__file__).resolve().parents[1] / "src" / "ddpm" / "assets" / "bpe_simple_vocab_16e6.txt.gz"
 TOL = dict(rtol=1e-5, atol=1e-5)
 CONTEXT = 64  # text width = UNet cross-attention width of the tiny pipeline
-
-
-def randomize(model: nn.Module, seed: int) -> nn.Module:
-    """Random values in every parameter (zero-initialised output layers would hide mapping bugs)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
-            elif name.endswith("weight"):
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-    return model.eval()
-
-
-def _write_tokenizer(folder: Path) -> None:
-    """vocab.json + merges.txt from the packaged BPE by CLIP's recipe (as test_clip_tokenizer.py does)."""
-    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    symbols = [chr(b) for b in printable] + [chr(256 + n) for n in range(256 - len(printable))]
-    lines = gzip.open(BPE, "rt", encoding="utf-8").read().split("\n")[1 : 49152 - 256 - 2 + 1]
-    tokens = symbols + [s + "</w>" for s in symbols] + [line.replace(" ", "") for line in lines]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    folder.mkdir(parents=True)
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(lines) + "\n", encoding="utf-8")
-    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77}), encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +64,7 @@ def reference(tmp_path_factory):
     unet.save_pretrained(root / "unet")
     vae.save_pretrained(root / "vae")
     text.save_pretrained(root / "text_encoder")
-    _write_tokenizer(root / "tokenizer")
+    write_tokenizer(root / "tokenizer")
     scheduler = diffusers.PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                         skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
     scheduler.save_pretrained(root / "scheduler")

@@ -75,6 +75,14 @@ def labels_of(ds) -> torch.Tensor:
 
 
 def train_run(config: str, name: str, steps: int, args, out: Path, *extra: str) -> tuple[Path, float]:
+    """Train `config` for `steps` into `out/name`. With `--reuse`, a run of the same steps and overrides
+    found there (its time in `bench_time.json`) is loaded instead: train runs apart, then measure them."""
+    stamp = out / name / "bench_time.json"
+    key = {"config": config, "steps": steps, "extra": list(extra), "train_images": args.train_images}
+    if args.reuse and stamp.is_file():
+        saved = json.loads(stamp.read_text())
+        if saved.get("key") == key:
+            return out / name, float(saved["seconds"])
     overrides = [
         f"run.dir={str(out)!r}",
         f"run.name={name}",
@@ -91,7 +99,9 @@ def train_run(config: str, name: str, steps: int, args, out: Path, *extra: str) 
     cfg = load_config(ROOT / "configs" / f"{config}.toml", overrides)
     t0 = time.perf_counter()
     run = train(cfg, progress=False)
-    return run, time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    stamp.write_text(json.dumps({"key": key, "seconds": seconds}))
+    return run, seconds
 
 
 def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -113,13 +123,56 @@ def main() -> None:
     p.add_argument("--sr-sampling-steps", type=int, default=10, help="sampling steps of the SR stages")
     p.add_argument("--aug-levels", type=float, nargs="+", default=[0.1, 0.2, 0.3])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--clip", default="static", choices=["static", "dynamic", "none"],
+                   help="x0 clipping of every stage (Imagen's dynamic thresholding greys the black "
+                        "backgrounds of shapes: see the extra row)")
+    p.add_argument("--one-stage-steps", type=int, default=None,
+                   help="steps of the one-stage model (default: the base's and SR model's time, calibrated)")
+    p.add_argument("--reuse", action="store_true",
+                   help="load runs already trained in --out with the same settings instead of retraining")
+    p.add_argument("--only", choices=["sr_aug", "sr_noaug", "base", "one_stage"], default=None,
+                   help="train this one run into --out and stop (to train runs in parallel, then --reuse)")
     p.add_argument("--out", type=Path, default=None, help="folder for the runs (default: a temporary one)")
     p.add_argument("--strip", type=Path, default=ROOT / "docs" / "cascade-sr-strip.png")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args()
+    if args.only is not None and args.out is None:
+        p.error("--only trains into --out DIR (then run again with --out DIR --reuse)")
+    if args.only == "one_stage" and args.one_stage_steps is None:
+        p.error("--only one_stage needs --one-stage-steps (equal time is set from the other runs)")
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     out = args.out or Path(tempfile.mkdtemp(prefix="cascade-bench-"))
+
+    # ------------------------------------------------------------------ training
+    times: dict[str, float] = {}
+    runs: dict[str, Path] = {}
+    noaug = 'model.low_res={size = 16, augment = "none"}'
+    plan = {
+        "sr_aug": ("shapes-sr-16-32", "sr-aug", args.sr_steps, ()),
+        "sr_noaug": ("shapes-sr-16-32", "sr-noaug", args.sr_steps, (noaug,)),
+        "base": ("shapes-base-16", "base-16", args.base_steps, ()),
+    }
+    for key, (config, name, steps, extra) in plan.items():
+        if args.only in (None, key):
+            runs[key], times[key] = train_run(config, name, steps, args, out, *extra)
+    if args.only in (None, "one_stage"):
+        if args.one_stage_steps is not None:
+            one_steps, budget = args.one_stage_steps, None
+        else:
+            calib = 30
+            _, t_cal = train_run("shapes_txt2img", "calibrate", calib, args, out)
+            budget = times["base"] + times["sr_aug"]
+            one_steps = max(calib, int(budget / (t_cal / calib)))
+        runs["one_stage"], times["one_stage"] = train_run(
+            "shapes_txt2img", "one-stage-32", one_steps, args, out
+        )
+    if args.only is not None:
+        print(f"trained {args.only} into {runs[args.only]} in {times[args.only]:.0f} s")
+        return
+    if budget is None:
+        budget = times["base"] + times["sr_aug"]
+    sr_run, noaug_run, base_run, one_run = (runs[k] for k in ("sr_aug", "sr_noaug", "base", "one_stage"))
 
     # ------------------------------------------------------------------ held-out data and the judge
     test = load_dataset("shapes", split="test", image_size=HIGH, num=2 * args.num)
@@ -148,29 +201,21 @@ def main() -> None:
         row["consistency"] = rmse(downsample(x, LOW), low) if low is not None else None
         return row
 
-    # ------------------------------------------------------------------ training
-    times: dict[str, float] = {}
-    sr_run, times["sr_aug"] = train_run("shapes-sr-16-32", "sr-aug", args.sr_steps, args, out)
-    noaug_run, times["sr_noaug"] = train_run(
-        "shapes-sr-16-32", "sr-noaug", args.sr_steps, args, out, 'model.low_res={size = 16, augment = "none"}'
-    )
-    base_run, times["base"] = train_run("shapes-base-16", "base-16", args.base_steps, args, out)
-    calib = 30
-    _, t_cal = train_run("shapes_txt2img", "calibrate", calib, args, out)
-    budget = times["base"] + times["sr_aug"]
-    one_steps = max(calib, int(budget / (t_cal / calib)))
-    one_run, times["one_stage"] = train_run("shapes_txt2img", "one-stage-32", one_steps, args, out)
-
     # ------------------------------------------------------------------ sampling and measuring
     sr, noaug = PixelPipeline.load(sr_run, device="cpu"), PixelPipeline.load(noaug_run, device="cpu")
     base, one = PixelPipeline.load(base_run, device="cpu"), PixelPipeline.load(one_run, device="cpu")
-    sr_opts = SamplingOptions(steps=args.sr_sampling_steps, clip_x0="dynamic")
-    text_opts = SamplingOptions(steps=args.steps, guidance_scale=args.guidance, clip_x0="dynamic")
+    clip = None if args.clip == "none" else args.clip
+    sr_opts = SamplingOptions(steps=args.sr_sampling_steps, clip_x0=clip)
+    text_opts = SamplingOptions(steps=args.steps, guidance_scale=args.guidance, clip_x0=clip)
     rows: dict[str, dict] = {}
     rows["ground truth (floor)"] = measure(gt, low_gt)
     rows["bicubic of GT 16 px"] = measure(bicubic(low_gt), low_gt)
     sr_gt, _ = sr.upscale(low_gt, options=sr_opts, aug_level=0.25, batch_size=100)
     rows["SR (aug, a=0.25) of GT 16 px"] = measure(sr_gt, low_gt)
+    if args.clip != "dynamic":  # the same samples with Imagen's dynamic thresholding, for comparison
+        dyn = SamplingOptions(steps=args.sr_sampling_steps, clip_x0="dynamic")
+        x, _ = sr.upscale(low_gt, options=dyn, aug_level=0.25, batch_size=100)
+        rows["SR (aug, a=0.25) of GT 16 px, dynamic thresholding"] = measure(x, low_gt)
     noaug_gt, _ = noaug.upscale(low_gt, options=sr_opts, aug_level=0.0, batch_size=100)
     rows["SR (no aug) of GT 16 px"] = measure(noaug_gt, low_gt)
     base_x, _ = base.generate(args.num, prompts=captions, options=text_opts, batch_size=100)

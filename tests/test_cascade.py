@@ -125,12 +125,12 @@ def test_cascade_png_metadata_regenerates_the_same_pixels(runs, tmp_path):
     sr = _wake(PixelPipeline.load(runs["sr"], device="cpu"))
     cascade = Cascade([base, sr])
     plan = [StageOptions(options=SamplingOptions(steps=2, sampler="ddim")),
-            StageOptions(options=SamplingOptions(steps=3, sampler="euler_a", guidance_scale=2.0),
-                         aug_level=0.2)]
+            StageOptions(options=SamplingOptions(steps=3, sampler="euler_a", guidance_scale=2.0,
+                                                 clip_x0="dynamic"), aug_level=0.2)]
     result = cascade.generate(3, class_labels=[4, 5, 6], seed=11, stages=plan)
     assert [tuple(x.shape) for x in result.stages] == [(3, 1, 8, 8), (3, 1, 16, 16)]
     stage = result.metadata[2]["cascade"]
-    assert [s["clip_x0"] for s in stage] == ["dynamic", "dynamic"] and stage[1]["aug_level"] == 0.2
+    assert [s["clip_x0"] for s in stage] == ["static", "dynamic"] and stage[1]["aug_level"] == 0.2
     assert stage[1]["sampler"] == "euler_a" and stage[0]["seed"] != stage[1]["seed"]
     paths, _ = save_generated(tmp_path, result.images, result.metadata)
     meta = json.loads(read_png_metadata(paths[2])["ddpm"])

@@ -4,7 +4,10 @@ pixel model, then super-resolution models, each upscaling its predecessor's outp
 `Cascade([base, sr_1, …])` takes `PixelPipeline`s (or run folders / model files): the base generates from
 noise, stage k > 0 must be an SR model whose `low_res.size` is stage k-1's image size. Every stage has its
 own `StageOptions` (sampler, steps, guidance, seed, x0 clipping, aug level); unset fields take the stage
-model's defaults, except x0 clipping, which defaults to Imagen's dynamic thresholding at every stage. The
+model's defaults, x0 clipping included (static [-1, 1] unless the model file says otherwise). Imagen's
+dynamic thresholding is one option away (`clip_x0="dynamic"`), not the default: on images whose
+background sits at -1 (shapes, digits) it divides x0_hat by its 99.5th percentile |x0_hat| > 1 at every
+step and greys the background (benchmarks/cascade.py: SR consistency RMSE 0.32 against 0.11 static). The
 prompt (text stages) or class label (class stages) goes to each stage that takes one. Stage k's image i
 uses the seed `seed + k * STAGE_SEED_STRIDE + i`, so the stages' noises are independent and any image
 regenerates alone. Each image's metadata holds every stage's settings under "cascade"; `generation_kwargs`
@@ -32,7 +35,7 @@ _OPTION_KEYS = ("sampler", "steps", "spacing", "karras", "guidance_scale", "eta"
 
 @dataclass(frozen=True, kw_only=True)
 class StageOptions:
-    """How one stage samples: `options` (None fields: the stage model's defaults; clip_x0 None: dynamic)
+    """How one stage samples: `options` (None fields, clip_x0 included: the stage model's defaults)
     and, for SR stages, `aug_level` in [0, 1] (None: the model's default, 0.25)."""
 
     options: SamplingOptions | None = None
@@ -138,8 +141,7 @@ class Cascade:
         outputs, metas = [], []
         for k, (pipe, st) in enumerate(zip(self.stages, plan)):
             o = st.options or SamplingOptions()
-            o = o.replace(seed=seed + k * STAGE_SEED_STRIDE if o.seed is None else o.seed,
-                          clip_x0=o.clip_x0 or "dynamic")
+            o = o.replace(seed=seed + k * STAGE_SEED_STRIDE if o.seed is None else o.seed)
             common = dict(options=o, batch_size=batch_size, progress=progress,
                           **self._inputs(pipe, prompts, negative_prompt, class_labels))
             if k == 0:

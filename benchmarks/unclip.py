@@ -82,6 +82,7 @@ def main() -> None:
     p.add_argument("--unclip-prior", help="(c): an unCLIP prior (run folder or model file)")
     p.add_argument("--unclip-decoder", help="(c), (d): its unCLIP decoder")
     p.add_argument("--unclip-prompts", type=int, default=40, help="(c): two-object prompts per split")
+    p.add_argument("--unclip-per-prompt", type=int, default=4, help="(c): images per prompt (seeds differ)")
     p.add_argument("--variations", type=int, default=40, help="(d): held-out scenes to vary (4 each)")
     p.add_argument("--only-unclip", action="store_true", help="run (c) and (d) only")
     args = p.parse_args()
@@ -176,6 +177,46 @@ def _table(rows: dict[str, object], attrs: tuple[str, ...] = ("colour", "shape",
         print(f"{label:<34}{cells}")
 
 
+def diversity(samples: dict[str, torch.Tensor], groups: list[str], k: int) -> None:
+    """(c)'s diversity: the judge's Fréchet distance of each model's samples to real two-object test scenes
+    of the same splits (beside the floor: as many other real scenes), and the spread among the k images of
+    one prompt (mean pairwise distance of their judge features, and of their pixels)."""
+    from ddpm.data import load_dataset
+    from ddpm.evaluation import frechet_distance
+    from shapes_judge import labels_of, leading_object_judge
+
+    need = {g: groups.count(g) * k for g in dict.fromkeys(groups)}
+    split_of = {"seen": "test_seen", "heldout": "test_heldout"}
+    parts = {g: load_dataset("shapes", split=split_of[g], image_size=32, num=2 * n, pair_fraction=1.0)
+             for g, n in need.items()}
+    real = {g: ds.as_tensor()[0].float() for g, ds in parts.items()}
+    ref = torch.cat([real[g][: need[g]] for g in need])
+    other = torch.cat([real[g][need[g]:] for g in need])
+    judge = leading_object_judge(other, torch.cat([labels_of(ds)[need[g]:] for g, ds in parts.items()]))
+    f_ref = judge.features(ref).double()
+
+    def spread(x: torch.Tensor) -> tuple[float, float]:
+        f = judge.features(x).double()
+        f = f.view(-1, k, f.shape[-1])
+        px = x.flatten(1).view(-1, k, x[0].numel()).double()
+        iu = torch.triu_indices(k, k, 1)
+        df = torch.cdist(f, f)[:, iu[0], iu[1]].mean()
+        dp = torch.cdist(px, px)[:, iu[0], iu[1]].mean() / x[0].numel() ** 0.5
+        return float(df), float(dp)
+
+    print(f"    diversity: FD in the leading-object judge's features (test accuracy "
+          f"{judge.test_accuracy:.3f}) against {len(ref)} real two-object test scenes of the same splits; "
+          f"spread among each prompt's {k} images")
+    print(f"    {'':<34}{'FD':>10}{'FD / floor':>12}{'feature spread':>16}{'pixel spread':>14}")
+    floor = frechet_distance(judge.features(other).double(), f_ref)
+    rows = {"real scenes (the floor)": (floor, None)} | {
+        name: (frechet_distance(judge.features(x.clamp(-1, 1)).double(), f_ref), spread(x.clamp(-1, 1)))
+        for name, x in samples.items()}
+    for name, (fd, sp) in rows.items():
+        cells = f"{sp[0]:16.3f}{sp[1]:14.3f}" if sp is not None else f"{'—':>16}{'—':>14}"
+        print(f"    {name:<34}{fd:10.1f}{fd / floor:12.2f}{cells}")
+
+
 def unclip_parts(args: argparse.Namespace, t2i: Path) -> None:
     """(c) unCLIP vs the direct text model on the alignment prompts; (d) image variations."""
     from ddpm.data import load_dataset
@@ -193,20 +234,23 @@ def unclip_parts(args: argparse.Namespace, t2i: Path) -> None:
             suite = [q for i, q in enumerate(alignment_prompts(split, 2 * args.unclip_prompts)) if i % 2 == 1]
             prompts += suite
             groups += [split] * len(suite)
+        k = args.unclip_per_prompt
+        flat = [q for q in prompts for _ in range(k)]  # sample j of prompt i has seed i * k + j
+        flat_groups = [g for g in groups for _ in range(k)]
         opts = SamplingOptions(steps=20, seed=0)
         t = time.perf_counter()
-        a, _ = unclip.txt2img(prompts, len(prompts), options=opts)
+        a, _ = unclip.txt2img(flat, len(flat), options=opts)
         ta = time.perf_counter() - t
         t = time.perf_counter()
-        b, _ = direct.generate(len(prompts), prompts=prompts, options=opts)
+        b, _ = direct.generate(len(flat), prompts=flat, options=opts)
         tb = time.perf_counter() - t
         print(f"\n(c) unCLIP (prior {steps['prior']} steps, decoder {steps['decoder']} steps; prior and "
               f"decoder at their files' guidance) vs the direct text model ({direct.meta.training.step} "
               f"steps, guidance {direct.meta.sampling.guidance_scale}), {len(prompts)} two-object prompts, "
-              f"one image each, 20 decoder steps ({ta:.0f} s vs {tb:.0f} s of sampling)")
-        _table({"unCLIP (prior -> decoder)": evaluate_alignment(a, prompts, groups),
-                "direct text model": evaluate_alignment(b, prompts, groups)})
-        print("    (diversity, the judge's FD beside its floor: not measured here)")
+              f"{k} images each, 20 decoder steps ({ta:.0f} s vs {tb:.0f} s of sampling)")
+        _table({"unCLIP (prior -> decoder)": evaluate_alignment(a, flat, flat_groups),
+                "direct text model": evaluate_alignment(b, flat, flat_groups)})
+        diversity({"unCLIP (prior -> decoder)": a, "direct text model": b}, groups, k)
     # ------------------------------------------------------------------------------ (d) variations
     ds = load_dataset("shapes", split="test_heldout", image_size=decoder.image_size, channels=3,
                       num=args.variations, pair_fraction=1.0)
